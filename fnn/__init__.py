@@ -1,0 +1,1 @@
+"""fnn: layers, losses, gradient checking, data, training and search."""

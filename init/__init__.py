@@ -1,0 +1,1 @@
+"""Initializers: (key, shape, dtype) -> array."""
