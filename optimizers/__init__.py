@@ -1,0 +1,46 @@
+"""optimizers: gradient transforms as pure ``init/update`` pairs.
+
+The contract, once::
+
+    tx = optimizers.adam(learning_rate=1e-3)       # an Optimizer(init, update)
+    state = tx.init(params)                        # a NamedTuple of arrays
+    updates, state = tx.update(grads, state, params)
+    params = optimizers.apply_updates(params, updates)
+
+This is optax's GradientTransformation protocol, so an optimizer from here is a
+drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
+
+* Every optimizer is one array rule lifted to pytrees by :func:`from_rule`.
+* Hyperparameters are data: they live in the state (``state.hyperparams``),
+  can be read with :func:`hyperparams` and changed with :func:`set_hyperparams`
+  without recompiling, and a ``jax.vmap`` over states trains many models at once.
+* Any hyperparameter may be a schedule ``step -> value`` (see
+  :mod:`optimizers.schedules`).
+* Updates keep the param dtype; hyperparameters are float32 at least (float64
+  for float64 params); low-precision leaves are computed in float32.
+"""
+
+from . import schedules
+from ._base import Optimizer, apply_updates, chain, from_rule
+from .adagrad import AdagradState, adagrad
+from .adam import AdamState, adam, adamw
+from .hyperparams import hyperparams, set_hyperparams
+from .rmsprop import RmspropState, rmsprop
+from .sgd import MomentumState, SgdState, momentum, sgd
+from .transforms import TransformState, add_decayed_weights, clip, clip_by_global_norm, global_norm
+from .wrappers import (
+    AccumulateState,
+    MaskedState,
+    SkipNonfiniteState,
+    accumulate,
+    masked,
+    skip_nonfinite,
+)
+
+__all__ = [
+    "AccumulateState", "AdagradState", "AdamState", "MaskedState", "MomentumState", "Optimizer",
+    "RmspropState", "SgdState", "SkipNonfiniteState", "TransformState", "accumulate",
+    "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip",
+    "clip_by_global_norm", "from_rule", "global_norm", "hyperparams", "masked", "momentum",
+    "rmsprop", "schedules", "set_hyperparams", "sgd", "skip_nonfinite",
+]

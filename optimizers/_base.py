@@ -1,0 +1,321 @@
+"""The optimizer protocol and the one mechanism that lifts array rules to pytrees.
+
+Every optimizer and building block in this package is written once as a *rule*:
+a pure function on arrays,
+
+    step(g, p, *moments, count=t, **hyperparams) -> (update, (new_moment, ...))
+
+where ``g`` is a gradient array, ``p`` the matching param (or ``None``), the
+moments are the rule's per-param state arrays, ``t`` the step count (1 on the
+first update) and the hyperparameters are scalars. :func:`from_rule` lifts such a
+rule to an :class:`Optimizer` over pytrees: it creates the state, checks tree
+structures, resolves schedules, applies the dtype policy and maps the rule over
+the leaves. Nothing else in the package walks trees of gradients.
+
+Dtype policy (DESIGN.md): hyperparameters are stored at the params' widest float
+dtype but never below float32; the rule runs in float32 for bfloat16/float16
+leaves (float64 leaves stay float64); updates are cast back to the param dtype,
+moments to their own dtype (the param dtype unless ``moment_dtype`` is given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import _validate
+
+Params = Any
+Updates = Any
+State = Any
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+class Optimizer(NamedTuple):
+    """A pair of pure functions, the same protocol as optax's GradientTransformation.
+
+    ``init(params) -> state`` and
+    ``update(grads, state, params=None, **extra) -> (updates, state)``.
+    Apply the updates with :func:`apply_updates`.
+
+    Example:
+        >>> tx = optimizers.sgd(0.1)
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update(grads, state, params)
+        >>> params = optimizers.apply_updates(params, updates)
+    """
+
+    init: Callable[[Params], State]
+    update: Callable[..., tuple[Updates, State]]
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def _paths(tree: Any) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def structure_error(owner: str, name: str, tree: Any, ref_name: str, reference: Any) -> ValueError:
+    """A ValueError that shows both tree structures and the leaves only one of them has."""
+    mine, theirs = _paths(tree), _paths(reference)
+    only_mine = [p for p in mine if p not in set(theirs)]
+    only_theirs = [p for p in theirs if p not in set(mine)]
+    lines = [
+        f"{owner}: the structure of {name} does not match {ref_name}.",
+        f"  {name}: {jax.tree_util.tree_structure(tree)}",
+        f"  {ref_name}: {jax.tree_util.tree_structure(reference)}",
+    ]
+    if only_mine:
+        lines.append(f"  only in {name}: {', '.join(only_mine[:10])}")
+    if only_theirs:
+        lines.append(f"  only in {ref_name}: {', '.join(only_theirs[:10])}")
+    lines.append(
+        "Pass gradients for exactly the params tree given to init (same keys, same nesting)."
+    )
+    return ValueError("\n".join(lines))
+
+
+def check_same_structure(owner: str, name: str, tree: Any, ref_name: str, reference: Any) -> None:
+    """Raises :func:`structure_error` unless the trees have the same structure and shapes."""
+    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(reference):
+        raise structure_error(owner, name, tree, ref_name, reference)
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(reference)
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"{owner}: {name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
+                f"but {ref_name}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}."
+            )
+
+
+def check_float_leaves(owner: str, params: Any) -> None:
+    """Raises TypeError naming the first leaf of ``params`` that is not floating point."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{owner}: optimizers update floating-point params only, but "
+                f"params{jax.tree_util.keystr(path)} has dtype {dtype}. Keep integer data "
+                "out of the params tree, or exclude it with optimizers.masked(tx, mask)."
+            )
+
+
+def hyperparam_dtype(leaves: Sequence[Any]) -> jnp.dtype:
+    """float64 if any leaf is float64, else float32 (never below float32)."""
+    dtypes = [jnp.result_type(x) for x in leaves]
+    return jnp.dtype(jnp.float64) if jnp.dtype(jnp.float64) in dtypes else jnp.dtype(jnp.float32)
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype a rule runs in: float32 for low-precision floats, else the dtype itself."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def mask_leaves(owner: str, mask: Any, tree: Any) -> list[bool]:
+    """Resolves a mask (pytree of bools or ``params -> pytree of bools``) to Python bools."""
+    resolved = mask(tree) if callable(mask) else mask
+    if jax.tree_util.tree_structure(resolved) != jax.tree_util.tree_structure(tree):
+        raise structure_error(owner, "mask", resolved, "params", tree)
+    out = []
+    for path, value in jax.tree_util.tree_flatten_with_path(resolved)[0]:
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"{owner}: mask{jax.tree_util.keystr(path)} is a traced value; a mask must "
+                "hold Python bools (it decides which leaves are updated at trace time)."
+            )
+        out.append(bool(value))
+    return out
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """count + 1, saturating at the largest int32 instead of wrapping around."""
+    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
+
+
+def check_optimizer(owner: str, position: str, tx: Any) -> None:
+    """Raises TypeError unless ``tx`` is an Optimizer-like (init, update) pair."""
+    if hasattr(tx, "init") and hasattr(tx, "update"):
+        return
+    hint = ""
+    if callable(tx) and hasattr(tx, "__name__"):
+        hint = f" It looks like the constructor itself; call it, e.g. {tx.__name__}(...)."
+    raise TypeError(
+        f"{owner}: {position} must be an optimizer with init and update "
+        f"(e.g. optimizers.sgd(0.1)); got {type(tx).__name__}.{hint}"
+    )
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def split_hyperparams(owner: str, values: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Validates hyperparameters and splits them into fixed values and schedules."""
+    fixed, schedules = {}, {}
+    for name, value in values.items():
+        _validate.check(owner, name, value)
+        (schedules if _validate.is_schedule(value) else fixed)[name] = value
+    return fixed, schedules
+
+
+def from_rule(
+    name: str,
+    step: Callable[..., tuple[jax.Array, tuple]],
+    state_type: type,
+    hyperparams: Mapping[str, Any],
+    *,
+    moments: Sequence[str] = (),
+    moment_init: Mapping[str, str] | None = None,
+    moment_dtype: Any = None,
+    needs_params: bool = False,
+    mask: Any = None,
+    masked: Sequence[str] = (),
+    reduce: Callable[[list[jax.Array]], dict[str, jax.Array]] | None = None,
+) -> Optimizer:
+    """Lifts an array rule to an :class:`Optimizer` over pytrees.
+
+    Args:
+      name: the constructor's name, used in error messages.
+      step: the rule, ``step(g, p, *moments, count, **hyperparams, **reduced)
+        -> (update, tuple_of_new_moments)``, written for arrays of any shape.
+      state_type: a NamedTuple with fields ``count``, one per moment,
+        ``hyperparams`` and ``scheduled``; fields of moments that this
+        configuration does not use (not in ``moments``) hold ``()``.
+      hyperparams: the constructor's numeric hyperparameters by name; each a
+        number, a (possibly traced) scalar array or a schedule ``step -> value``.
+      moments: names of the per-param state arrays, in the order ``step`` takes them.
+      moment_init: moment name -> hyperparameter name whose value fills it at init
+        (other moments start at zero).
+      moment_dtype: dtype of the moments; the param dtype if None.
+      needs_params: the rule reads ``p``; ``update`` must then be given params.
+      mask: pytree of bools or function params -> bools; where False, the
+        hyperparameters named in ``masked`` are zero for that leaf.
+      reduce: optional ``reduce(grad_leaves) -> dict of scalars`` computed over all
+        leaves before the rule runs (e.g. a global norm); passed to ``step``.
+    """
+    fixed, schedules = split_hyperparams(name, hyperparams)
+    moment_init = dict(moment_init or {})
+    unused = {f: () for f in state_type._fields}  # fields of moments this configuration lacks
+
+    def make_state(**fields):
+        return state_type(**{**unused, **fields})
+
+    if moment_dtype is not None and not jnp.issubdtype(moment_dtype, jnp.floating):
+        raise TypeError(f"{name}: moment_dtype must be a floating dtype; got {moment_dtype}.")
+
+    def init(params: Params) -> State:
+        check_float_leaves(name, params)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        dtype = hyperparam_dtype(leaves)
+        hyper = {k: jnp.asarray(v, dtype) for k, v in fixed.items()}
+        first = jnp.zeros((), jnp.int32)
+        scheduled = {k: jnp.asarray(s(first), dtype) for k, s in schedules.items()}
+        values = {**hyper, **scheduled}
+        state_moments = {}
+        for moment in moments:
+            fill = values[moment_init[moment]] if moment in moment_init else 0
+            state_moments[moment] = jax.tree_util.tree_unflatten(
+                treedef,
+                [jnp.full(jnp.shape(p), fill, moment_dtype or jnp.result_type(p)) for p in leaves],
+            )
+        return make_state(count=jnp.zeros((), jnp.int32), hyperparams=hyper, scheduled=scheduled,
+                          **state_moments)
+
+    def update(grads: Updates, state: State, params: Params = None, **extra) -> tuple:
+        del extra  # part of the protocol; rules take no extra arguments
+        if not isinstance(state, state_type):
+            raise TypeError(
+                f"{name}.update: state must be the {state_type.__name__} returned by "
+                f"{name}(...).init(params); got {type(state).__name__}."
+            )
+        reference = getattr(state, moments[0]) if moments else params
+        if reference is not None:
+            check_same_structure(f"{name}.update", "grads", grads, "the optimizer state", reference)
+        if params is not None and reference is not params:
+            check_same_structure(f"{name}.update", "grads", grads, "params", params)
+        if needs_params and params is None:
+            raise ValueError(f"{name}.update needs the params: call update(grads, state, params).")
+        g_leaves, treedef = jax.tree_util.tree_flatten(grads)
+        p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(g_leaves)
+        m_leaves = [treedef.flatten_up_to(getattr(state, m)) for m in moments]
+        used = {k: jnp.asarray(s(state.count), state.scheduled[k].dtype)
+                for k, s in schedules.items()}
+        values = {**state.hyperparams, **used}
+        keep = [True] * len(g_leaves)
+        if mask is not None:
+            keep = mask_leaves(name, mask, params if params is not None else grads)
+        count = safe_increment(state.count)
+        reduced = reduce(g_leaves) if reduce is not None else {}
+
+        updates, new_moments = [], [[] for _ in moments]
+        for i, g in enumerate(g_leaves):
+            p = p_leaves[i]
+            out_dtype = jnp.result_type(p) if p is not None else jnp.result_type(g)
+            dtype = compute_dtype(jnp.promote_types(out_dtype, jnp.result_type(g)))
+            hp = {k: (v if keep[i] or k not in masked else jnp.zeros_like(v)).astype(dtype)
+                  for k, v in values.items()}
+            extras = {k: v.astype(dtype) for k, v in reduced.items()}
+            args = [m[i].astype(dtype) for m in m_leaves]
+            u, ms = step(jnp.asarray(g, dtype), None if p is None else jnp.asarray(p, dtype), *args,
+                         count=count, **hp, **extras)
+            updates.append(u.astype(out_dtype))
+            for j, m in enumerate(ms):
+                new_moments[j].append(m.astype(m_leaves[j][i].dtype))
+        state = make_state(
+            count=count,
+            hyperparams=state.hyperparams,
+            scheduled=used,
+            **{m: jax.tree_util.tree_unflatten(treedef, ms) for m, ms in zip(moments, new_moments)},
+        )
+        return jax.tree_util.tree_unflatten(treedef, updates), state
+
+    return Optimizer(init, update)
+
+
+# --------------------------------------------------------------------------- apply and chain
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Adds updates to params leaf by leaf, keeping each param's dtype: p ← p + u.
+
+    Example:
+        >>> params = optimizers.apply_updates(params, updates)
+    """
+    check_same_structure("apply_updates", "updates", updates, "params", params)
+    return jax.tree_util.tree_map(
+        lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates
+    )
+
+
+def chain(*transforms: Optimizer) -> Optimizer:
+    """Composes optimizers: each link's updates are the next link's gradients.
+
+    The state is a tuple with one state per link. ``optimizers.hyperparams`` reads
+    the hyperparameters of every link (``link=i`` selects one).
+
+    Example:
+        >>> tx = optimizers.chain(optimizers.clip_by_global_norm(1.0), optimizers.adam(1e-3))
+    """
+    for i, tx in enumerate(transforms):
+        check_optimizer("chain", f"argument {i}", tx)
+
+    def init(params: Params) -> tuple:
+        return tuple(tx.init(params) for tx in transforms)
+
+    def update(grads: Updates, state: tuple, params: Params = None, **extra) -> tuple:
+        if type(state) is not tuple or len(state) != len(transforms):
+            raise TypeError(
+                f"chain.update: state must be the tuple of {len(transforms)} link states returned "
+                f"by chain(...).init(params); got {type(state).__name__}."
+            )
+        new_state = []
+        for tx, link_state in zip(transforms, state):
+            grads, link_state = tx.update(grads, link_state, params, **extra)
+            new_state.append(link_state)
+        return grads, tuple(new_state)
+
+    return Optimizer(init, update)

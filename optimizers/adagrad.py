@@ -1,0 +1,60 @@
+"""AdaGrad: per-coordinate learning rates from the sum of squared gradients."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import Optimizer, from_rule
+
+
+class AdagradState(NamedTuple):
+    count: jax.Array
+    sum_of_squares: Any
+    hyperparams: dict
+    scheduled: dict
+
+
+def adagrad(
+    learning_rate: Any = 0.01, eps: Any = 1e-7, initial_accumulator: Any = 0.0,
+    eps_in_sqrt: bool = False, moment_dtype: Any = None,
+) -> Optimizer:
+    """AdaGrad (Duchi, Hazan & Singer 2011).
+
+    Update: h ← h + g ⊙ g;  p ← p − η g / (√h + ε).
+    With ``eps_in_sqrt=True``: p ← p − η g / √(h + ε).
+
+    The defaults are the source texts' (ε = 1e-7 outside the root, h₀ = 0).
+    ``torch.optim.Adagrad`` is ε = 1e-10 outside the root;
+    ``optax.adagrad`` is ε inside the root with h₀ = 0.1: pass
+    ``eps_in_sqrt=True, initial_accumulator=0.1`` to reproduce it.
+
+    Args:
+      learning_rate: η ≥ 0, a number or a schedule.
+      eps: ε ≥ 0.
+      initial_accumulator: h₀ ≥ 0, the starting value of every h.
+      eps_in_sqrt: put ε inside the square root.
+      moment_dtype: dtype of h (default: the param dtype).
+
+    Example:
+        >>> tx = optimizers.adagrad(0.1)
+    """
+    if not isinstance(eps_in_sqrt, bool):
+        raise TypeError(f"adagrad: eps_in_sqrt must be a bool; got {eps_in_sqrt!r}.")
+
+    def step(g, p, sum_of_squares, *, count, learning_rate, eps, initial_accumulator):
+        sum_of_squares = sum_of_squares + g * g
+        if eps_in_sqrt:
+            scaled = g * jax.lax.rsqrt(sum_of_squares + eps)
+        else:
+            scaled = g / (jnp.sqrt(sum_of_squares) + eps)
+        return -learning_rate * scaled, (sum_of_squares,)
+
+    return from_rule(
+        "adagrad", step, AdagradState,
+        {"learning_rate": learning_rate, "eps": eps, "initial_accumulator": initial_accumulator},
+        moments=("sum_of_squares",), moment_init={"sum_of_squares": "initial_accumulator"},
+        moment_dtype=moment_dtype,
+    )

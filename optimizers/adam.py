@@ -1,0 +1,114 @@
+"""Adam and AdamW: bias-corrected first and second moment estimates."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import Optimizer, from_rule
+
+
+class AdamState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+    hyperparams: dict
+    scheduled: dict
+
+
+def _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction):
+    """The shared Adam arithmetic: new moments and the direction m̂ / (√v̂ + ε)."""
+    mu = b1 * mu + (1 - b1) * g
+    nu = b2 * nu + (1 - b2) * g * g
+    if bias_correction:
+        t = count.astype(mu.dtype)
+        # m̂ / (√v̂ + ε) with both corrections folded into two scalars.
+        direction = (mu / (1 - b1**t)) / (jnp.sqrt(nu / (1 - b2**t)) + eps)
+    else:
+        direction = mu / (jnp.sqrt(nu) + eps)
+    return direction, mu, nu
+
+
+def _check_flag(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool; got {value!r}.")
+
+
+def adam(
+    learning_rate: Any = 1e-3, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+    bias_correction: bool = True, moment_dtype: Any = None,
+) -> Optimizer:
+    """Adam (Kingma & Ba 2015).
+
+    Update: m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²;
+    m̂ = m / (1 − β₁ᵗ);  v̂ = v / (1 − β₂ᵗ);  p ← p − η m̂ / (√v̂ + ε).
+    Without bias correction m̂ = m and v̂ = v (the source texts' first form).
+
+    Matches ``torch.optim.Adam`` and ``optax.adam`` (ε outside the root).
+    Hyperparameters are kept in float32 at least, so β₂ = 0.999 stays below 1
+    for bfloat16 params; pass ``moment_dtype=jnp.float32`` to keep m and v in
+    float32 as well.
+
+    Args:
+      learning_rate: η ≥ 0, a number or a schedule.
+      b1: β₁ in [0, 1).
+      b2: β₂ in [0, 1).
+      eps: ε ≥ 0.
+      bias_correction: divide by 1 − βᵗ.
+      moment_dtype: dtype of m and v (default: the param dtype).
+
+    Example:
+        >>> tx = optimizers.adam(1e-3)
+    """
+    _check_flag("adam", "bias_correction", bias_correction)
+
+    def step(g, p, mu, nu, *, count, learning_rate, b1, b2, eps):
+        direction, mu, nu = _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction)
+        return -learning_rate * direction, (mu, nu)
+
+    return from_rule(
+        "adam", step, AdamState,
+        {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
+        moments=("mu", "nu"), moment_dtype=moment_dtype,
+    )
+
+
+def adamw(
+    learning_rate: Any = 1e-3, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
+    weight_decay: Any = 0.01, mask: Any = None, bias_correction: bool = True,
+    moment_dtype: Any = None,
+) -> Optimizer:
+    """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+    Update: as :func:`adam`, then p ← p − η λ p on the leaves where ``mask`` is
+    True, p being the param before the step:
+    p ← p − η (m̂ / (√v̂ + ε) + λ p).
+
+    Matches ``torch.optim.AdamW`` and ``optax.adamw``.
+
+    Args:
+      learning_rate: η ≥ 0, a number or a schedule (it also scales the decay).
+      b1, b2, eps, bias_correction, moment_dtype: as in :func:`adam`.
+      weight_decay: λ ≥ 0.
+      mask: pytree of bools, or a function ``params -> pytree of bools``, saying
+        which leaves decay (default: all), e.g. ``lambda p: jax.tree.map(lambda
+        x: x.ndim > 1, p)`` to spare biases.
+
+    Example:
+        >>> tx = optimizers.adamw(1e-3, weight_decay=1e-4)
+    """
+    _check_flag("adamw", "bias_correction", bias_correction)
+
+    def step(g, p, mu, nu, *, count, learning_rate, b1, b2, eps, weight_decay):
+        direction, mu, nu = _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction)
+        return -learning_rate * (direction + weight_decay * p), (mu, nu)
+
+    return from_rule(
+        "adamw", step, AdamState,
+        {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps,
+         "weight_decay": weight_decay},
+        moments=("mu", "nu"), moment_dtype=moment_dtype,
+        needs_params=True, mask=mask, masked=("weight_decay",),
+    )

@@ -1,0 +1,83 @@
+"""RMSProp: gradients divided by a running root mean square."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import _validate
+from ._base import Optimizer, from_rule
+
+
+class RmspropState(NamedTuple):
+    count: jax.Array
+    mean_square: Any
+    mean_grad: Any  # centered only, else ()
+    trace: Any  # momentum > 0 only, else ()
+    hyperparams: dict
+    scheduled: dict
+
+
+def rmsprop(
+    learning_rate: Any = 0.01, decay: Any = 0.99, eps: Any = 1e-8, centered: bool = False,
+    momentum: Any = 0.0, eps_in_sqrt: bool = False, moment_dtype: Any = None,
+) -> Optimizer:
+    """RMSProp (Tieleman & Hinton 2012).
+
+    Update: s ← ρ s + (1 − ρ) g²;  d = √s + ε;  p ← p − η g / d.
+    Centered: a ← ρ a + (1 − ρ) g;  d = √(s − a²) + ε.
+    Momentum μ > 0: b ← μ b + g / d;  p ← p − η b.
+    With ``eps_in_sqrt=True``: d = √(s + ε) (or √(s − a² + ε)).
+
+    The defaults (ρ = 0.99, ε = 1e-8 outside the root) match
+    ``torch.optim.RMSprop``; ``optax.rmsprop`` (ρ = 0.9, ε inside the root) is
+    ``rmsprop(η, decay=0.9, eps_in_sqrt=True)``. A ``momentum`` that is a
+    concrete 0 keeps no momentum buffer (and is then not a settable
+    hyperparameter); any other value, array or schedule keeps one.
+
+    Args:
+      learning_rate: η ≥ 0, a number or a schedule.
+      decay: ρ in [0, 1).
+      eps: ε ≥ 0.
+      centered: normalize by the variance estimate s − a² instead of s.
+      momentum: μ in [0, 1).
+      eps_in_sqrt: put ε inside the square root.
+      moment_dtype: dtype of s, a and b (default: the param dtype).
+
+    Example:
+        >>> tx = optimizers.rmsprop(1e-3, decay=0.9, centered=True)
+    """
+    for flag, value in (("centered", centered), ("eps_in_sqrt", eps_in_sqrt)):
+        if not isinstance(value, bool):
+            raise TypeError(f"rmsprop: {flag} must be a bool; got {value!r}.")
+    _validate.check("rmsprop", "momentum", momentum)
+    use_momentum = _validate.is_schedule(momentum) or isinstance(momentum, jax.core.Tracer) or (
+        float(momentum) != 0.0)
+    moments = ("mean_square",) + (("mean_grad",) if centered else ()) + (
+        ("trace",) if use_momentum else ())
+    hyperparams = {"learning_rate": learning_rate, "decay": decay, "eps": eps}
+    if use_momentum:
+        hyperparams["momentum"] = momentum
+
+    def step(g, p, mean_square, *rest, count, learning_rate, decay, eps, momentum=None):
+        rest = list(rest)
+        mean_square = decay * mean_square + (1 - decay) * g * g
+        variance = mean_square
+        new = [mean_square]
+        if centered:
+            mean_grad = decay * rest.pop(0) + (1 - decay) * g
+            variance = mean_square - mean_grad * mean_grad
+            new.append(mean_grad)
+        if eps_in_sqrt:
+            scaled = g * jax.lax.rsqrt(variance + eps)
+        else:
+            scaled = g / (jnp.sqrt(variance) + eps)
+        if use_momentum:
+            scaled = momentum * rest.pop(0) + scaled
+            new.append(scaled)
+        return -learning_rate * scaled, tuple(new)
+
+    return from_rule("rmsprop", step, RmspropState, hyperparams,
+                     moments=moments, moment_dtype=moment_dtype)

@@ -1,0 +1,244 @@
+"""Learning-rate schedules: functions ``step -> value``, step counting from 0, jit-safe.
+
+A schedule goes wherever a number goes in an optimizer (``adam(cosine_decay(1e-3, 1000))``)
+and can be plotted by evaluating it on ``jnp.arange(n)``. Schedules combine with
+``join`` and with arithmetic: ``0.5 * cosine_decay(…) + 1e-5`` is a schedule too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def _float(step: Any) -> jax.Array:
+    """The step as the default float dtype (float64 when x64 is enabled)."""
+    return jnp.asarray(step).astype(jnp.result_type(float))
+
+
+class Schedule:
+    """A function ``step -> value`` that supports +, −, ×, ÷ with numbers and schedules.
+
+    Example:
+        >>> lr = 0.5 * optimizers.schedules.cosine_decay(0.1, 1000) + 1e-4
+        >>> lr(jnp.arange(1000))   # values to plot
+    """
+
+    def __init__(self, fn: Callable[[jax.Array], jax.Array], description: str):
+        self._fn = fn
+        self._description = description
+
+    def __call__(self, step: Any) -> jax.Array:
+        return self._fn(jnp.asarray(step))
+
+    def __repr__(self) -> str:
+        return self._description
+
+    def _combine(self, other: Any, op: Callable, symbol: str, reverse: bool = False) -> Schedule:
+        if callable(other):
+            other_fn, other_text = other, repr(other)
+        else:
+            other_fn, other_text = (lambda step, v=other: v), repr(other)
+        def fn(step):
+            a, b = self(step), other_fn(step)
+            return op(b, a) if reverse else op(a, b)
+        left, right = (other_text, repr(self)) if reverse else (repr(self), other_text)
+        return Schedule(fn, f"({left} {symbol} {right})")
+
+    def __add__(self, other):
+        return self._combine(other, jnp.add, "+")
+
+    def __radd__(self, other):
+        return self._combine(other, jnp.add, "+", reverse=True)
+
+    def __sub__(self, other):
+        return self._combine(other, jnp.subtract, "-")
+
+    def __rsub__(self, other):
+        return self._combine(other, jnp.subtract, "-", reverse=True)
+
+    def __mul__(self, other):
+        return self._combine(other, jnp.multiply, "*")
+
+    def __rmul__(self, other):
+        return self._combine(other, jnp.multiply, "*", reverse=True)
+
+    def __truediv__(self, other):
+        return self._combine(other, jnp.divide, "/")
+
+
+def _number(owner: str, name: str, value: Any, *, low: float = -math.inf,
+            low_open: bool = False) -> None:
+    """Checks a concrete scalar argument against a lower bound; tracers pass."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and jnp.ndim(value) != 0:
+        raise TypeError(f"{owner}: {name} must be a real scalar; got {value!r}.")
+    number = float(value)
+    ok = number > low if low_open else number >= low
+    if not ok or math.isnan(number):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{owner}: {name} must be in {bracket}{low:g}, inf); got {number!r}.")
+
+
+def _positive_int(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be a Python int >= 1; got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{owner}: {name} must be an int in [1, inf); got {value}.")
+
+
+def constant(value: Any) -> Schedule:
+    """The same value at every step: α(t) = α₀.
+
+    Example:
+        >>> constant(0.1)(5)   # 0.1
+    """
+    _number("constant", "value", value)
+    return Schedule(lambda step: jnp.full(jnp.shape(step), value, jnp.result_type(float)),
+                    f"constant({value!r})")
+
+
+def step_decay(init: Any, every: int, factor: Any) -> Schedule:
+    """Multiplies the rate by ``factor`` every ``every`` steps: α(t) = α₀ · f^⌊t / every⌋.
+
+    Example:
+        >>> step_decay(0.1, every=30, factor=0.5)(60)   # 0.025
+    """
+    _number("step_decay", "init", init, low=0.0)
+    _positive_int("step_decay", "every", every)
+    _number("step_decay", "factor", factor, low=0.0)
+    return Schedule(lambda step: init * factor ** jnp.floor_divide(_float(step), every),
+                    f"step_decay({init!r}, every={every!r}, factor={factor!r})")
+
+
+def exponential_decay(init: Any, k: Any) -> Schedule:
+    """Exponential decay: α(t) = α₀ e^{−k t}.
+
+    Example:
+        >>> exponential_decay(0.1, k=0.01)(100)   # 0.1 / e
+    """
+    _number("exponential_decay", "init", init, low=0.0)
+    _number("exponential_decay", "k", k, low=0.0)
+    return Schedule(lambda step: init * jnp.exp(-k * _float(step)),
+                    f"exponential_decay({init!r}, k={k!r})")
+
+
+def inverse_time(init: Any, tau: Any) -> Schedule:
+    """Constant for τ steps, then ∝ 1/t: α(t) = α₀ τ / max(t, τ).
+
+    Example:
+        >>> inverse_time(0.1, tau=100)(400)   # 0.025
+    """
+    _number("inverse_time", "init", init, low=0.0)
+    _number("inverse_time", "tau", tau, low=0.0, low_open=True)
+    return Schedule(lambda step: init * tau / jnp.maximum(_float(step), tau),
+                    f"inverse_time({init!r}, tau={tau!r})")
+
+
+def cosine_decay(init: Any, decay_steps: int, end: Any = 0.0) -> Schedule:
+    """Cosine annealing from ``init`` to ``end`` over ``decay_steps``, then ``end``.
+
+    α(t) = end + (α₀ − end) · ½ (1 + cos(π min(t, T) / T)),  T = ``decay_steps``.
+
+    Example:
+        >>> cosine_decay(0.1, decay_steps=1000)(500)   # 0.05
+    """
+    _number("cosine_decay", "init", init, low=0.0)
+    _positive_int("cosine_decay", "decay_steps", decay_steps)
+    _number("cosine_decay", "end", end, low=0.0)
+
+    def fn(step):
+        progress = jnp.minimum(_float(step), decay_steps) / decay_steps
+        return end + (init - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+
+    return Schedule(fn, f"cosine_decay({init!r}, decay_steps={decay_steps!r}, end={end!r})")
+
+
+def linear(init: Any, end: Any, steps: int) -> Schedule:
+    """Linear interpolation from ``init`` to ``end`` over ``steps``, then ``end``.
+
+    α(t) = α₀ + (end − α₀) · min(t, T) / T,  T = ``steps``.
+
+    Example:
+        >>> linear(0.0, 0.1, steps=100)(50)   # 0.05
+    """
+    _number("linear", "init", init)
+    _number("linear", "end", end)
+    _positive_int("linear", "steps", steps)
+    return Schedule(lambda step: init + (end - init) * jnp.minimum(_float(step), steps) / steps,
+                    f"linear({init!r}, {end!r}, steps={steps!r})")
+
+
+def _check_boundaries(owner: str, boundaries: Sequence[int], pieces: int, what: str) -> None:
+    if any(isinstance(b, bool) or not isinstance(b, int) for b in boundaries):
+        raise TypeError(f"{owner}: boundaries must be Python ints; got {list(boundaries)!r}.")
+    if len(boundaries) != pieces - 1:
+        raise ValueError(
+            f"{owner}: {pieces} {what} need {pieces - 1} boundaries; got {len(boundaries)}."
+        )
+    if any(b <= a for a, b in zip(boundaries, boundaries[1:])) or any(b < 0 for b in boundaries):
+        raise ValueError(
+            f"{owner}: boundaries must be non-negative and strictly increasing; got "
+            f"{list(boundaries)!r}."
+        )
+
+
+def piecewise_constant(values: Sequence[Any], boundaries: Sequence[int]) -> Schedule:
+    """``values[i]`` for boundaries[i−1] ≤ t < boundaries[i] (one more value than boundaries).
+
+    Example:
+        >>> piecewise_constant([0.1, 0.01, 0.001], boundaries=[100, 200])(150)   # 0.01
+    """
+    _check_boundaries("piecewise_constant", boundaries, len(values), "values")
+    table = jnp.asarray(values, jnp.result_type(float))
+    edges = jnp.asarray(boundaries, jnp.int32)
+    return Schedule(lambda step: table[jnp.searchsorted(edges, step, side="right")],
+                    f"piecewise_constant({list(values)!r}, boundaries={list(boundaries)!r})")
+
+
+def join(schedules: Sequence[Callable], boundaries: Sequence[int]) -> Schedule:
+    """Runs schedules one after another; each piece sees its own local step.
+
+    α(t) = schedules[i](t − boundaries[i−1]) for boundaries[i−1] ≤ t < boundaries[i]
+    (boundaries[−1] = 0).
+
+    Example:
+        >>> lr = join([linear(0.0, 0.1, 100), cosine_decay(0.1, 900)], boundaries=[100])
+        >>> lr(100)   # 0.1: the cosine piece at its local step 0
+    """
+    if not schedules or not all(callable(s) for s in schedules):
+        raise TypeError("join: schedules must be a non-empty sequence of functions step -> value.")
+    _check_boundaries("join", boundaries, len(schedules), "schedules")
+    starts = [0, *boundaries]
+
+    def fn(step):
+        index = jnp.searchsorted(jnp.asarray(boundaries, jnp.int32), step, side="right")
+        pieces = [jnp.asarray(s(step - start)) for s, start in zip(schedules, starts)]
+        dtype = jnp.result_type(*pieces)
+        return jnp.select([index == i for i in range(len(pieces))],
+                          [p.astype(dtype) for p in pieces])
+
+    return Schedule(fn, f"join({list(schedules)!r}, boundaries={list(boundaries)!r})")
+
+
+def warmup(schedule: Any, steps: int, start: Any = 0.0) -> Schedule:
+    """Linear warm-up from ``start`` to ``schedule(0)`` over ``steps``, then ``schedule``.
+
+    α(t) = start + (schedule(0) − start) · t / T for t < T, then schedule(t − T).
+    ``schedule`` may be a number (constant after warm-up).
+
+    Example:
+        >>> lr = warmup(cosine_decay(1e-3, 10_000), steps=500)
+    """
+    _positive_int("warmup", "steps", steps)
+    _number("warmup", "start", start)
+    target = schedule if callable(schedule) else constant(schedule)
+    ramp = Schedule(lambda step: start + (target(0) - start) * _float(step) / steps,
+                    f"linear({start!r}, …, steps={steps})")
+    return Schedule(join([ramp, target], [steps]),
+                    f"warmup({target!r}, steps={steps!r}, start={start!r})")

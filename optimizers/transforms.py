@@ -1,0 +1,88 @@
+"""Building blocks that transform gradients: clipping and L2 weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import Optimizer, from_rule
+
+
+class TransformState(NamedTuple):
+    count: jax.Array
+    hyperparams: dict
+    scheduled: dict
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """‖g‖ = √(Σ over all leaves and elements of g²), accumulated in float32 or wider."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    dtype = jnp.result_type(*[jnp.promote_types(jnp.result_type(x), jnp.float32) for x in leaves])
+    return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, dtype))) for x in leaves))
+
+
+def clip_by_global_norm(max_norm: Any) -> Optimizer:
+    """Rescales all gradients together so that their global norm is at most ``max_norm``.
+
+    Update: g ← g · min(1, c / ‖g‖), with ‖g‖ the norm over every leaf.
+
+    Args:
+      max_norm: c > 0, a number or a schedule.
+
+    Example:
+        >>> tx = optimizers.chain(optimizers.clip_by_global_norm(1.0), optimizers.sgd(0.1))
+    """
+
+    def step(g, p, *, count, max_norm, norm):
+        return g * jnp.where(norm > max_norm, max_norm / norm, 1), ()
+
+    return from_rule(
+        "clip_by_global_norm", step, TransformState, {"max_norm": max_norm},
+        reduce=lambda leaves: {"norm": global_norm(leaves)},
+    )
+
+
+def clip(max_delta: Any) -> Optimizer:
+    """Clips every gradient element to [−c, c].
+
+    Update: g ← min(max(g, −c), c).
+
+    Args:
+      max_delta: c > 0, a number or a schedule.
+
+    Example:
+        >>> tx = optimizers.chain(optimizers.clip(1.0), optimizers.sgd(0.1))
+    """
+
+    def step(g, p, *, count, max_delta):
+        return jnp.clip(g, -max_delta, max_delta), ()
+
+    return from_rule("clip", step, TransformState, {"max_delta": max_delta})
+
+
+def add_decayed_weights(weight_decay: Any = 1e-4, mask: Any = None) -> Optimizer:
+    """Adds L2 weight decay to the gradients (coupled decay).
+
+    Update: g ← g + λ p on the leaves where ``mask`` is True. Followed by
+    ``sgd(η)`` this is the gradient of L + (λ/2)‖p‖².
+
+    Args:
+      weight_decay: λ ≥ 0, a number or a schedule.
+      mask: pytree of bools, or a function ``params -> pytree of bools``
+        (default: every leaf decays).
+
+    Example:
+        >>> tx = optimizers.chain(optimizers.add_decayed_weights(1e-4), optimizers.sgd(0.1))
+    """
+
+    def step(g, p, *, count, weight_decay):
+        return g + weight_decay * p, ()
+
+    return from_rule(
+        "add_decayed_weights", step, TransformState, {"weight_decay": weight_decay},
+        needs_params=True, mask=mask, masked=("weight_decay",),
+    )

@@ -1,0 +1,163 @@
+"""Wrappers that change when or where an optimizer acts: masks, NaN skipping, accumulation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import (
+    Optimizer,
+    check_optimizer,
+    check_same_structure,
+    compute_dtype,
+    mask_leaves,
+    safe_increment,
+)
+
+
+class MaskedState(NamedTuple):
+    inner: Any
+
+
+class SkipNonfiniteState(NamedTuple):
+    inner: Any
+    skipped: jax.Array  # number of steps skipped so far
+    last_finite: jax.Array  # whether the last step's gradients were all finite
+
+
+class AccumulateState(NamedTuple):
+    inner: Any
+    grad_sum: Any
+    mini_step: jax.Array  # gradients summed since the last inner update
+
+
+def _select(tree: Any, keep: list[bool]) -> Any:
+    """The tree with the leaves where ``keep`` is False replaced by None (an empty subtree)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(treedef, [x if k else None for x, k in zip(leaves, keep)])
+
+
+def masked(tx: Optimizer, mask: Any) -> Optimizer:
+    """Applies ``tx`` only to the leaves where ``mask`` is True; other gradients pass unchanged.
+
+    Update: u = tx(g) where mask, u = g elsewhere. ``tx`` keeps state only for
+    the selected leaves.
+
+    Args:
+      tx: the optimizer to apply.
+      mask: pytree of bools, or a function ``params -> pytree of bools``.
+
+    Example:
+        >>> is_weight = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+        >>> decay = optimizers.masked(optimizers.add_decayed_weights(1e-4), is_weight)
+        >>> tx = optimizers.chain(decay, optimizers.sgd(0.1))
+    """
+    check_optimizer("masked", "tx", tx)
+
+    def init(params):
+        return MaskedState(tx.init(_select(params, mask_leaves("masked", mask, params))))
+
+    def update(grads, state, params=None, **extra):
+        keep = mask_leaves("masked", mask, params if params is not None else grads)
+        inner_params = None if params is None else _select(params, keep)
+        inner_updates, inner = tx.update(_select(grads, keep), state.inner, inner_params, **extra)
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        chosen = jax.tree_util.tree_flatten(inner_updates, is_leaf=lambda x: x is None)[0]
+        merged = [u if k else g for g, u, k in zip(leaves, chosen, keep)]
+        return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
+
+    return Optimizer(init, update)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def skip_nonfinite(tx: Optimizer) -> Optimizer:
+    """Skips steps whose gradients hold a NaN or an infinity, and counts them.
+
+    Update: if every gradient element is finite, (u, s) = tx.update(g, s);
+    otherwise u = 0 and the state s is kept as it was (only ``skipped`` grows).
+    Params and optimizer state are therefore never touched by a NaN/Inf gradient.
+
+    Example:
+        >>> tx = optimizers.skip_nonfinite(optimizers.adam(1e-3))
+        >>> state.skipped   # steps skipped so far
+    """
+    check_optimizer("skip_nonfinite", "tx", tx)
+
+    def init(params):
+        return SkipNonfiniteState(tx.init(params), jnp.zeros((), jnp.int32), jnp.array(True))
+
+    def update(grads, state, params=None, **extra):
+        finite = _all_finite(grads)
+
+        def apply(_):
+            return tx.update(grads, state.inner, params, **extra)
+
+        shapes = jax.eval_shape(apply, None)
+
+        def skip(_):
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
+            return zeros, state.inner
+
+        updates, inner = jax.lax.cond(finite, apply, skip, None)
+        skipped = jnp.where(finite, state.skipped, safe_increment(state.skipped))
+        return updates, SkipNonfiniteState(inner, skipped, finite)
+
+    return Optimizer(init, update)
+
+
+def accumulate(tx: Optimizer, every: int) -> Optimizer:
+    """Gradient accumulation: one update of ``tx`` every ``every`` calls, with the mean gradient.
+
+    Update: on calls k = 1, …, every − 1 the gradients are summed and u = 0; on
+    call ``every``, (u, s) = tx.update(Σg / every, s) and the sum restarts. The
+    sum is kept in float32 or wider. Equivalent to ``tx`` on batches ``every``
+    times larger.
+
+    Args:
+      tx: the optimizer to apply to the accumulated gradient.
+      every: k ≥ 1, a Python int.
+
+    Example:
+        >>> tx = optimizers.accumulate(optimizers.adam(1e-3), every=4)
+    """
+    check_optimizer("accumulate", "tx", tx)
+    if isinstance(every, bool) or not isinstance(every, int):
+        raise TypeError(f"accumulate: every must be a Python int >= 1; got {every!r}.")
+    if every < 1:
+        raise ValueError(f"accumulate: every must be an int in [1, inf); got {every}.")
+
+    def init(params):
+        grad_sum = jax.tree_util.tree_map(
+            lambda p: jnp.zeros(jnp.shape(p), compute_dtype(jnp.result_type(p))), params)
+        return AccumulateState(tx.init(params), grad_sum, jnp.zeros((), jnp.int32))
+
+    def update(grads, state, params=None, **extra):
+        check_same_structure("accumulate.update", "grads", grads, "the optimizer state",
+                             state.grad_sum)
+        grad_sum = jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
+        mini_step = state.mini_step + 1
+
+        def apply(_):
+            mean = jax.tree_util.tree_map(lambda s, g: (s / every).astype(g.dtype), grad_sum, grads)
+            updates, inner = tx.update(mean, state.inner, params, **extra)
+            return updates, inner, jax.tree_util.tree_map(jnp.zeros_like, grad_sum)
+
+        shapes = jax.eval_shape(apply, None)
+
+        def wait(_):
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
+            return zeros, state.inner, grad_sum
+
+        due = mini_step >= every
+        updates, inner, grad_sum = jax.lax.cond(due, apply, wait, None)
+        return updates, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
+
+    return Optimizer(init, update)
