@@ -232,10 +232,10 @@ def from_rule(
                 f"{name}.update: state must be the {state_type.__name__} returned by "
                 f"{name}(...).init(params); got {type(state).__name__}."
             )
-        reference = getattr(state, moments[0]) if moments else params
-        if reference is not None:
-            check_same_structure(f"{name}.update", "grads", grads, "the optimizer state", reference)
-        if params is not None and reference is not params:
+        if moments:
+            check_same_structure(f"{name}.update", "grads", grads, "the optimizer state",
+                                 getattr(state, moments[0]))
+        if params is not None:
             check_same_structure(f"{name}.update", "grads", grads, "params", params)
         if needs_params and params is None:
             raise ValueError(f"{name}.update needs the params: call update(grads, state, params).")
