@@ -25,6 +25,7 @@ from ._base import Optimizer, apply_updates, chain, from_rule
 from .adagrad import AdagradState, adagrad
 from .adam import AdamState, adam, adamw
 from .hyperparams import hyperparams, set_hyperparams
+from .packing import Packed, pack, unpack
 from .rmsprop import RmspropState, rmsprop
 from .sgd import MomentumState, SgdState, momentum, sgd
 from .transforms import TransformState, add_decayed_weights, clip, clip_by_global_norm, global_norm
@@ -39,6 +40,7 @@ from .wrappers import (
 
 __all__ = [
     "AccumulateState", "AdagradState", "AdamState", "MaskedState", "MomentumState", "Optimizer",
+    "Packed", "pack", "unpack",
     "RmspropState", "SgdState", "SkipNonfiniteState", "TransformState", "accumulate",
     "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip",
     "clip_by_global_norm", "from_rule", "global_norm", "hyperparams", "masked", "momentum",

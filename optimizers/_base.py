@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _validate
+from .packing import Packed, resolve_packed_mask
 
 Params = Any
 Updates = Any
@@ -118,7 +119,10 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 
 def mask_leaves(owner: str, mask: Any, tree: Any) -> list[bool]:
     """Resolves a mask (pytree of bools or ``params -> pytree of bools``) to Python bools."""
-    resolved = mask(tree) if callable(mask) else mask
+    if isinstance(tree, Packed):  # a mask over the unpacked tree, one bool per buffer
+        resolved = resolve_packed_mask(owner, mask, tree)
+    else:
+        resolved = mask(tree) if callable(mask) else mask
     if jax.tree_util.tree_structure(resolved) != jax.tree_util.tree_structure(tree):
         raise structure_error(owner, "mask", resolved, "params", tree)
     out = []

@@ -27,7 +27,7 @@ def rmsprop(
     """RMSProp (Tieleman & Hinton 2012).
 
     Update: s ← ρ s + (1 − ρ) g²;  d = √s + ε;  p ← p − η g / d.
-    Centered: a ← ρ a + (1 − ρ) g;  d = √(s − a²) + ε.
+    Centered: a ← ρ a + (1 − ρ) g;  d = √max(s − a², 0) + ε (the max only guards rounding).
     Momentum μ > 0: b ← μ b + g / d;  p ← p − η b.
     With ``eps_in_sqrt=True``: d = √(s + ε) (or √(s − a² + ε)).
 
@@ -68,7 +68,8 @@ def rmsprop(
         new = [mean_square]
         if centered:
             mean_grad = decay * rest.pop(0) + (1 - decay) * g
-            variance = mean_square - mean_grad * mean_grad
+            # ≥ 0 in exact arithmetic; rounding (low-precision moments) can make it negative
+            variance = jnp.maximum(mean_square - mean_grad * mean_grad, 0)
             new.append(mean_grad)
         if eps_in_sqrt:
             scaled = g * jax.lax.rsqrt(variance + eps)
