@@ -1,16 +1,21 @@
 """The optimizer protocol and the one mechanism that lifts array rules to pytrees.
 
-Every optimizer and building block in this package is written once as a *rule*:
-a pure function on arrays,
+Every optimizer and building block in this package is written once as a *rule*
+in two levels, scalars first, then arrays:
 
-    step(g, p, *moments, count=t, **hyperparams) -> (update, (new_moment, ...))
+    def rule(count, **hyperparams):            # scalar work, once per update
+        ...
+        def leaf(g, p, *moments):              # array work, for every leaf or buffer
+            return update, (new_moment, ...)
+        return leaf
 
-where ``g`` is a gradient array, ``p`` the matching param (or ``None``), the
-moments are the rule's per-param state arrays, ``t`` the step count (1 on the
-first update) and the hyperparameters are scalars. :func:`from_rule` lifts such a
-rule to an :class:`Optimizer` over pytrees: it creates the state, checks tree
-structures, resolves schedules, applies the dtype policy and maps the rule over
-the leaves. Nothing else in the package walks trees of gradients.
+``count`` is the step count (1 on the first update), the hyperparameters are
+scalars, ``g`` is a gradient array, ``p`` the matching param (or ``None``) and
+the moments are the rule's per-param state arrays. :func:`from_rule` lifts such
+a rule to an :class:`Optimizer` over pytrees: it creates the state, checks tree
+structures, resolves schedules, applies the dtype policy and maps the leaf
+function over the leaves. The same rule runs unchanged on packed flat buffers
+(:mod:`optimizers.packing`). Nothing else in the package walks trees of gradients.
 
 Dtype policy (DESIGN.md): hyperparameters are stored at the params' widest float
 dtype but never below float32; the rule runs in float32 for bfloat16/float16
@@ -166,9 +171,15 @@ def split_hyperparams(owner: str, values: Mapping[str, Any]) -> tuple[dict, dict
     return fixed, schedules
 
 
+def _cast(x: Any, dtype: Any) -> jax.Array:
+    """``x`` as ``dtype``, without a conversion op when it already is."""
+    x = jnp.asarray(x)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def from_rule(
     name: str,
-    step: Callable[..., tuple[jax.Array, tuple]],
+    rule: Callable[..., Callable[..., tuple[jax.Array, tuple]]],
     state_type: type,
     hyperparams: Mapping[str, Any],
     *,
@@ -180,18 +191,20 @@ def from_rule(
     masked: Sequence[str] = (),
     reduce: Callable[[list[jax.Array]], dict[str, jax.Array]] | None = None,
 ) -> Optimizer:
-    """Lifts an array rule to an :class:`Optimizer` over pytrees.
+    """Lifts a two-level rule to an :class:`Optimizer` over pytrees.
 
     Args:
       name: the constructor's name, used in error messages.
-      step: the rule, ``step(g, p, *moments, count, **hyperparams, **reduced)
-        -> (update, tuple_of_new_moments)``, written for arrays of any shape.
+      rule: ``rule(count, **hyperparams, **reduced) -> leaf`` does the scalar work
+        once per update (per compute dtype) and returns
+        ``leaf(g, p, *moments) -> (update, tuple_of_new_moments)``, written for
+        arrays of any shape.
       state_type: a NamedTuple with fields ``count``, one per moment,
         ``hyperparams`` and ``scheduled``; fields of moments that this
         configuration does not use (not in ``moments``) hold ``()``.
       hyperparams: the constructor's numeric hyperparameters by name; each a
         number, a (possibly traced) scalar array or a schedule ``step -> value``.
-      moments: names of the per-param state arrays, in the order ``step`` takes them.
+      moments: names of the per-param state arrays, in the order ``leaf`` takes them.
       moment_init: moment name -> hyperparameter name whose value fills it at init
         (other moments start at zero).
       moment_dtype: dtype of the moments; the param dtype if None.
@@ -199,7 +212,7 @@ def from_rule(
       mask: pytree of bools or function params -> bools; where False, the
         hyperparameters named in ``masked`` are zero for that leaf.
       reduce: optional ``reduce(grad_leaves) -> dict of scalars`` computed over all
-        leaves before the rule runs (e.g. a global norm); passed to ``step``.
+        leaves before the rule runs (e.g. a global norm); passed to ``rule``.
     """
     fixed, schedules = split_hyperparams(name, hyperparams)
     moment_init = dict(moment_init or {})
@@ -255,20 +268,27 @@ def from_rule(
         count = safe_increment(state.count)
         reduced = reduce(g_leaves) if reduce is not None else {}
 
+        leaf_fns: dict[tuple, Callable] = {}  # (compute dtype, kept) -> leaf function
+
+        def leaf_fn(dtype: Any, kept: bool) -> Callable:
+            if (dtype, kept) not in leaf_fns:
+                hp = {k: _cast(v if kept or k not in masked else jnp.zeros_like(v), dtype)
+                      for k, v in values.items()}
+                extras = {k: _cast(v, dtype) for k, v in reduced.items()}
+                leaf_fns[dtype, kept] = rule(count, **hp, **extras)
+            return leaf_fns[dtype, kept]
+
         updates, new_moments = [], [[] for _ in moments]
         for i, g in enumerate(g_leaves):
             p = p_leaves[i]
-            out_dtype = jnp.result_type(p) if p is not None else jnp.result_type(g)
-            dtype = compute_dtype(jnp.promote_types(out_dtype, jnp.result_type(g)))
-            hp = {k: (v if keep[i] or k not in masked else jnp.zeros_like(v)).astype(dtype)
-                  for k, v in values.items()}
-            extras = {k: v.astype(dtype) for k, v in reduced.items()}
-            args = [m[i].astype(dtype) for m in m_leaves]
-            u, ms = step(jnp.asarray(g, dtype), None if p is None else jnp.asarray(p, dtype), *args,
-                         count=count, **hp, **extras)
-            updates.append(u.astype(out_dtype))
+            g_dtype = jnp.result_type(g)
+            out_dtype = jnp.result_type(p) if p is not None else g_dtype
+            dtype = compute_dtype(jnp.promote_types(out_dtype, g_dtype))
+            u, ms = leaf_fn(dtype, keep[i])(_cast(g, dtype), None if p is None else _cast(p, dtype),
+                                            *[_cast(m[i], dtype) for m in m_leaves])
+            updates.append(_cast(u, out_dtype))
             for j, m in enumerate(ms):
-                new_moments[j].append(m.astype(m_leaves[j][i].dtype))
+                new_moments[j].append(_cast(m, m_leaves[j][i].dtype))
         state = make_state(
             count=count,
             hyperparams=state.hyperparams,

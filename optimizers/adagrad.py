@@ -44,16 +44,18 @@ def adagrad(
     if not isinstance(eps_in_sqrt, bool):
         raise TypeError(f"adagrad: eps_in_sqrt must be a bool; got {eps_in_sqrt!r}.")
 
-    def step(g, p, sum_of_squares, *, count, learning_rate, eps, initial_accumulator):
-        sum_of_squares = sum_of_squares + g * g
-        if eps_in_sqrt:
-            scaled = g * jax.lax.rsqrt(sum_of_squares + eps)
-        else:
-            scaled = g / (jnp.sqrt(sum_of_squares) + eps)
-        return -learning_rate * scaled, (sum_of_squares,)
+    def rule(count, learning_rate, eps, initial_accumulator):
+        def leaf(g, p, sum_of_squares):
+            sum_of_squares = sum_of_squares + g * g
+            if eps_in_sqrt:
+                scaled = g * jax.lax.rsqrt(sum_of_squares + eps)
+            else:
+                scaled = g / (jnp.sqrt(sum_of_squares) + eps)
+            return -learning_rate * scaled, (sum_of_squares,)
+        return leaf
 
     return from_rule(
-        "adagrad", step, AdagradState,
+        "adagrad", rule, AdagradState,
         {"learning_rate": learning_rate, "eps": eps, "initial_accumulator": initial_accumulator},
         moments=("sum_of_squares",), moment_init={"sum_of_squares": "initial_accumulator"},
         moment_dtype=moment_dtype,

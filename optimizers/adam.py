@@ -18,17 +18,26 @@ class AdamState(NamedTuple):
     scheduled: dict
 
 
-def _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction):
-    """The shared Adam arithmetic: new moments and the direction m̂ / (√v̂ + ε)."""
-    mu = b1 * mu + (1 - b1) * g
-    nu = b2 * nu + (1 - b2) * g * g
+def _adam_rule(count, b1, b2, eps, bias_correction):
+    """The shared Adam arithmetic: scalars once, then ``direction(g, mu, nu)``.
+
+    direction = m̂ / (√v̂ + ε), with the new moments.
+    """
+    keep1, keep2 = 1 - b1, 1 - b2
     if bias_correction:
-        t = count.astype(mu.dtype)
-        # m̂ / (√v̂ + ε) with both corrections folded into two scalars.
-        direction = (mu / (1 - b1**t)) / (jnp.sqrt(nu / (1 - b2**t)) + eps)
+        t = count.astype(b1.dtype)
+        correction1, correction2 = 1 - b1**t, 1 - b2**t
     else:
-        direction = mu / (jnp.sqrt(nu) + eps)
-    return direction, mu, nu
+        correction1 = correction2 = None
+
+    def direction(g, mu, nu):
+        mu = b1 * mu + keep1 * g
+        nu = b2 * nu + keep2 * g * g
+        if bias_correction:
+            return (mu / correction1) / (jnp.sqrt(nu / correction2) + eps), mu, nu
+        return mu / (jnp.sqrt(nu) + eps), mu, nu
+
+    return direction
 
 
 def _check_flag(owner: str, name: str, value: Any) -> None:
@@ -64,12 +73,16 @@ def adam(
     """
     _check_flag("adam", "bias_correction", bias_correction)
 
-    def step(g, p, mu, nu, *, count, learning_rate, b1, b2, eps):
-        direction, mu, nu = _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction)
-        return -learning_rate * direction, (mu, nu)
+    def rule(count, learning_rate, b1, b2, eps):
+        direction = _adam_rule(count, b1, b2, eps, bias_correction)
+
+        def leaf(g, p, mu, nu):
+            d, mu, nu = direction(g, mu, nu)
+            return -learning_rate * d, (mu, nu)
+        return leaf
 
     return from_rule(
-        "adam", step, AdamState,
+        "adam", rule, AdamState,
         {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
         moments=("mu", "nu"), moment_dtype=moment_dtype,
     )
@@ -101,12 +114,16 @@ def adamw(
     """
     _check_flag("adamw", "bias_correction", bias_correction)
 
-    def step(g, p, mu, nu, *, count, learning_rate, b1, b2, eps, weight_decay):
-        direction, mu, nu = _adam_direction(g, mu, nu, count, b1, b2, eps, bias_correction)
-        return -learning_rate * (direction + weight_decay * p), (mu, nu)
+    def rule(count, learning_rate, b1, b2, eps, weight_decay):
+        direction = _adam_rule(count, b1, b2, eps, bias_correction)
+
+        def leaf(g, p, mu, nu):
+            d, mu, nu = direction(g, mu, nu)
+            return -learning_rate * (d + weight_decay * p), (mu, nu)
+        return leaf
 
     return from_rule(
-        "adamw", step, AdamState,
+        "adamw", rule, AdamState,
         {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps,
          "weight_decay": weight_decay},
         moments=("mu", "nu"), moment_dtype=moment_dtype,

@@ -61,24 +61,28 @@ def rmsprop(
     if use_momentum:
         hyperparams["momentum"] = momentum
 
-    def step(g, p, mean_square, *rest, count, learning_rate, decay, eps, momentum=None):
-        rest = list(rest)
-        mean_square = decay * mean_square + (1 - decay) * g * g
-        variance = mean_square
-        new = [mean_square]
-        if centered:
-            mean_grad = decay * rest.pop(0) + (1 - decay) * g
-            # ≥ 0 in exact arithmetic; rounding (low-precision moments) can make it negative
-            variance = jnp.maximum(mean_square - mean_grad * mean_grad, 0)
-            new.append(mean_grad)
-        if eps_in_sqrt:
-            scaled = g * jax.lax.rsqrt(variance + eps)
-        else:
-            scaled = g / (jnp.sqrt(variance) + eps)
-        if use_momentum:
-            scaled = momentum * rest.pop(0) + scaled
-            new.append(scaled)
-        return -learning_rate * scaled, tuple(new)
+    def rule(count, learning_rate, decay, eps, momentum=None):
+        keep = 1 - decay
 
-    return from_rule("rmsprop", step, RmspropState, hyperparams,
+        def leaf(g, p, mean_square, *rest):
+            rest = list(rest)
+            mean_square = decay * mean_square + keep * g * g
+            variance = mean_square
+            new = [mean_square]
+            if centered:
+                mean_grad = decay * rest.pop(0) + keep * g
+                # ≥ 0 in exact arithmetic; rounding (low-precision moments) can make it negative
+                variance = jnp.maximum(mean_square - mean_grad * mean_grad, 0)
+                new.append(mean_grad)
+            if eps_in_sqrt:
+                scaled = g * jax.lax.rsqrt(variance + eps)
+            else:
+                scaled = g / (jnp.sqrt(variance) + eps)
+            if use_momentum:
+                scaled = momentum * rest.pop(0) + scaled
+                new.append(scaled)
+            return -learning_rate * scaled, tuple(new)
+        return leaf
+
+    return from_rule("rmsprop", rule, RmspropState, hyperparams,
                      moments=moments, moment_dtype=moment_dtype)

@@ -34,10 +34,10 @@ def sgd(learning_rate: Any = 0.01) -> Optimizer:
         >>> tx = optimizers.sgd(0.1)   # J = x² + 2y² from (−3, −3): J < 0.005 after 17 steps
     """
 
-    def step(g, p, *, count, learning_rate):
-        return -learning_rate * g, ()
+    def rule(count, learning_rate):
+        return lambda g, p: (-learning_rate * g, ())
 
-    return from_rule("sgd", step, SgdState, {"learning_rate": learning_rate})
+    return from_rule("sgd", rule, SgdState, {"learning_rate": learning_rate})
 
 
 def momentum(
@@ -65,13 +65,15 @@ def momentum(
     if not isinstance(nesterov, bool):
         raise TypeError(f"momentum: nesterov must be a bool; got {nesterov!r}.")
 
-    def step(g, p, velocity, *, count, learning_rate, momentum):
-        velocity = momentum * velocity + g
-        direction = g + momentum * velocity if nesterov else velocity
-        return -learning_rate * direction, (velocity,)
+    def rule(count, learning_rate, momentum):
+        def leaf(g, p, velocity):
+            velocity = momentum * velocity + g
+            direction = g + momentum * velocity if nesterov else velocity
+            return -learning_rate * direction, (velocity,)
+        return leaf
 
     return from_rule(
-        "momentum", step, MomentumState,
+        "momentum", rule, MomentumState,
         {"learning_rate": learning_rate, "momentum": momentum},
         moments=("velocity",), moment_dtype=moment_dtype,
     )

@@ -37,11 +37,12 @@ def clip_by_global_norm(max_norm: Any) -> Optimizer:
         >>> tx = optimizers.chain(optimizers.clip_by_global_norm(1.0), optimizers.sgd(0.1))
     """
 
-    def step(g, p, *, count, max_norm, norm):
-        return g * jnp.where(norm > max_norm, max_norm / norm, 1), ()
+    def rule(count, max_norm, norm):
+        scale = jnp.where(norm > max_norm, max_norm / norm, 1)
+        return lambda g, p: (g * scale, ())
 
     return from_rule(
-        "clip_by_global_norm", step, TransformState, {"max_norm": max_norm},
+        "clip_by_global_norm", rule, TransformState, {"max_norm": max_norm},
         reduce=lambda leaves: {"norm": global_norm(leaves)},
     )
 
@@ -58,10 +59,10 @@ def clip(max_delta: Any) -> Optimizer:
         >>> tx = optimizers.chain(optimizers.clip(1.0), optimizers.sgd(0.1))
     """
 
-    def step(g, p, *, count, max_delta):
-        return jnp.clip(g, -max_delta, max_delta), ()
+    def rule(count, max_delta):
+        return lambda g, p: (jnp.clip(g, -max_delta, max_delta), ())
 
-    return from_rule("clip", step, TransformState, {"max_delta": max_delta})
+    return from_rule("clip", rule, TransformState, {"max_delta": max_delta})
 
 
 def add_decayed_weights(weight_decay: Any = 1e-4, mask: Any = None) -> Optimizer:
@@ -79,10 +80,10 @@ def add_decayed_weights(weight_decay: Any = 1e-4, mask: Any = None) -> Optimizer
         >>> tx = optimizers.chain(optimizers.add_decayed_weights(1e-4), optimizers.sgd(0.1))
     """
 
-    def step(g, p, *, count, weight_decay):
-        return g + weight_decay * p, ()
+    def rule(count, weight_decay):
+        return lambda g, p: (g + weight_decay * p, ())
 
     return from_rule(
-        "add_decayed_weights", step, TransformState, {"weight_decay": weight_decay},
+        "add_decayed_weights", rule, TransformState, {"weight_decay": weight_decay},
         needs_params=True, mask=mask, masked=("weight_decay",),
     )
