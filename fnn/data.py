@@ -1,0 +1,265 @@
+"""Data: small real data sets, train/validation splits, mini-batches and preprocessing.
+
+Preprocessing is *fitted* on training data and then applied unchanged to
+validation and test data, so no statistic leaks from them::
+
+    x_train, x_val = ...
+    prep = fnn.data.standardize(x_train)      # statistics of x_train only
+    x_train, x_val = prep(x_train), prep(x_val)
+
+Mini-batches are drawn by a PRNG key: the same key gives the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Data = Any  # an array, or a tuple/dict (pytree) of arrays sharing their first axis
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _num_examples(owner: str, data: Data) -> int:
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves:
+        raise ValueError(f"{owner}: data holds no arrays.")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if None in sizes or len(sizes) != 1:
+        shapes = [np.shape(x) for x in leaves]
+        raise ValueError(
+            f"{owner}: every array in data must have the same leading (example) axis; got "
+            f"shapes {shapes}."
+        )
+    return sizes.pop()
+
+
+def _check_key(owner: str, key: Any) -> None:
+    if key is None:
+        raise TypeError(f"{owner}: a PRNG key is required, e.g. key=jax.random.key(0).")
+    if isinstance(key, (int, np.integer)):
+        raise TypeError(
+            f"{owner}: key must be a JAX PRNG key, not the int {key}; use jax.random.key({key})."
+        )
+
+
+def _take(data: Data, index: Any) -> Data:
+    return jax.tree_util.tree_map(lambda x: x[index], data)
+
+
+# ------------------------------------------------------------------ splitting and batching
+
+
+def train_val_split(key: jax.Array, data: Data, val_fraction: float = 0.2) -> tuple[Data, Data]:
+    """Shuffles the examples with ``key`` and splits off a validation set.
+
+    Args:
+      key: a PRNG key (the same key gives the same split).
+      data: an array or a pytree of arrays with a shared first axis.
+      val_fraction: the fraction in (0, 1) of examples that go to validation
+        (rounded to the nearest count, at least 1).
+
+    Returns:
+      ``(train, val)`` with the structure of ``data``.
+
+    Example:
+        >>> (x_tr, y_tr), (x_val, y_val) = train_val_split(jax.random.key(0), (x, y), 0.2)
+    """
+    _check_key("train_val_split", key)
+    n = _num_examples("train_val_split", data)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"train_val_split: val_fraction must be in (0, 1); got {val_fraction}.")
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise ValueError(f"train_val_split: {n} examples are too few to split off {n_val}.")
+    order = np.asarray(jax.random.permutation(key, n))
+    return _take(data, order[n_val:]), _take(data, order[:n_val])
+
+
+def batch_indices(key: jax.Array | None, n: int, batch_size: int, *, shuffle: bool = True,
+                  drop_remainder: bool = True) -> list[np.ndarray]:
+    """The example indices of each mini-batch of one epoch.
+
+    Every example appears exactly once per epoch (with ``drop_remainder=True``,
+    the last ``n mod batch_size`` examples of the shuffled order are left out).
+
+    Example:
+        >>> batch_indices(jax.random.key(0), 10, 4, drop_remainder=False)  # sizes 4, 4, 2
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be an int >= 1; got {batch_size!r}.")
+    if shuffle:
+        _check_key("batches", key)
+        order = np.asarray(jax.random.permutation(key, n))
+    else:
+        order = np.arange(n)
+    stop = n - n % batch_size if drop_remainder else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def batches(key: jax.Array | None, data: Data, batch_size: int, *, shuffle: bool = True,
+            drop_remainder: bool = False) -> Iterator[Data]:
+    """Yields the mini-batches of one epoch, in an order drawn from ``key``.
+
+    Args:
+      key: a PRNG key (required when ``shuffle``); the same key gives the same order.
+      data: an array or a pytree of arrays with a shared first axis.
+      batch_size: examples per batch.
+      shuffle: shuffle the examples (otherwise keep their order).
+      drop_remainder: leave out the last, smaller batch.
+
+    Example:
+        >>> for x, y in batches(jax.random.fold_in(key, epoch), (x_train, y_train), 64):
+        ...     ...
+    """
+    n = _num_examples("batches", data)
+    for index in batch_indices(key, n, batch_size, shuffle=shuffle, drop_remainder=drop_remainder):
+        yield _take(data, index)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+class Preprocessor(NamedTuple):
+    """A transform fitted on training data: call it on any data with the same features.
+
+    ``stats`` holds what was learned from the training data (means, scales, bases).
+    """
+
+    name: str
+    stats: dict
+    transform: Callable[[dict, jax.Array], jax.Array]
+
+    def __call__(self, x: Any) -> jax.Array:
+        x = jnp.asarray(x)
+        features = self.stats["mean"].shape[-1]
+        if x.ndim < 1 or x.shape[-1] != features:
+            raise ValueError(
+                f"{self.name}: fitted on {features} features; got data of shape {x.shape}."
+            )
+        return self.transform(self.stats, x)
+
+
+def _matrix(owner: str, x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(
+            f"{owner}: expected training data of shape (examples >= 2, features); got {x.shape}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def center(x_train: Any) -> Preprocessor:
+    """Mean-centering: x ← x − μ, with μ the per-feature mean of the training data.
+
+    Example:
+        >>> prep = center(x_train); x_val = prep(x_val)
+    """
+    x = _matrix("center", x_train)
+    return Preprocessor("center", {"mean": x.mean(0)}, lambda s, x: x - s["mean"])
+
+
+def standardize(x_train: Any, eps: float = 1e-8) -> Preprocessor:
+    """Standardization: x ← (x − μ) / σ per feature (σ the biased standard deviation).
+
+    Features with σ ≤ ``eps`` (constant in the training data) are only centered.
+
+    Example:
+        >>> prep = standardize(x_train); x_train, x_val = prep(x_train), prep(x_val)
+    """
+    x = _matrix("standardize", x_train)
+    std = x.std(0)
+    scale = jnp.where(std > eps, std, 1.0)
+    return Preprocessor("standardize", {"mean": x.mean(0), "scale": scale},
+                        lambda s, x: (x - s["mean"]) / s["scale"])
+
+
+def _eigen(owner: str, x_train: Any, eps: float):
+    x = _matrix(owner, x_train)
+    if eps < 0:
+        raise ValueError(f"{owner}: eps must be >= 0; got {eps}.")
+    mean = x.mean(0)
+    _, singular, vt = jnp.linalg.svd(x - mean, full_matrices=False)
+    variance = singular**2 / x.shape[0]  # eigenvalues of the covariance Xᵀ X / n
+    # directions with (near-)zero variance are not amplified: 1/√max(λ, ε)
+    inverse_scale = jax.lax.rsqrt(jnp.maximum(variance, eps))
+    return mean, vt.T, inverse_scale
+
+
+def pca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
+    """PCA whitening: rotate onto the principal axes and scale each to unit variance.
+
+    With covariance Σ = Xcᵀ Xc / n = U diag(λ) Uᵀ (from the SVD of the centered
+    training data Xc): x ← (x − μ) U diag(1 / √max(λ, ε)). On the training data
+    the result has identity covariance in every direction with λ > ε.
+
+    Example:
+        >>> prep = pca_whiten(x_train); x_val = prep(x_val)
+    """
+    mean, basis, inverse_scale = _eigen("pca_whiten", x_train, eps)
+    stats = {"mean": mean, "basis": basis, "inverse_scale": inverse_scale}
+    return Preprocessor("pca_whiten", stats,
+                        lambda s, x: ((x - s["mean"]) @ s["basis"]) * s["inverse_scale"])
+
+
+def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
+    """ZCA whitening: PCA whitening rotated back to the original axes.
+
+    x ← (x − μ) U diag(1 / √max(λ, ε)) Uᵀ: the whitened data closest to the input
+    (images still look like images).
+
+    Example:
+        >>> prep = zca_whiten(x_train); x_val = prep(x_val)
+    """
+    mean, basis, inverse_scale = _eigen("zca_whiten", x_train, eps)
+    return Preprocessor(
+        "zca_whiten", {"mean": mean, "basis": basis, "inverse_scale": inverse_scale},
+        lambda s, x: (((x - s["mean"]) @ s["basis"]) * s["inverse_scale"]) @ s["basis"].T)
+
+
+# ------------------------------------------------------------------ data sets
+
+
+def _sklearn(loader: str):
+    try:
+        import sklearn.datasets
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"{loader} needs scikit-learn: pip install -e \".[examples]\" "
+            "(or pip install scikit-learn)."
+        ) from error
+    return sklearn.datasets
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 8×8 handwritten digits shipped with scikit-learn (1797 examples, 10 classes).
+
+    Returns:
+      ``(x, y)``: x float32 of shape (1797, 64) scaled to [0, 1], y int32 labels 0–9.
+
+    Example:
+        >>> x, y = fnn.data.load_digits()
+    """
+    digits = _sklearn("load_digits").load_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
+
+
+def load_iris() -> tuple[np.ndarray, np.ndarray]:
+    """Fisher's iris data shipped with scikit-learn (150 examples, 4 features, 3 classes).
+
+    Example:
+        >>> x, y = fnn.data.load_iris()
+    """
+    iris = _sklearn("load_iris").load_iris()
+    return iris.data.astype(np.float32), iris.target.astype(np.int32)
+
+
+DATASETS = {"digits": load_digits, "iris": load_iris}
