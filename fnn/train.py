@@ -67,6 +67,8 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
         >>> state = fnn.train.init_train_state(params, model_state, optimizers.adam(1e-3))
     """
     opt._base.check_optimizer("init_train_state", "tx", tx)
+    # the state owns its buffers: steps donate them, which must not delete the caller's arrays
+    params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))
     if packed:
         params = opt.pack(params)
     return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
