@@ -302,7 +302,12 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
     names = list(configs[0])
     if any(list(c) != names for c in configs):
         raise ValueError("parallel_fit: every config must name the same hyperparameters.")
-    dtypes = {name: opt.hyperparams(state.opt_state)[name].dtype for name in names}
+    available = opt.hyperparams(state.opt_state)
+    try:
+        dtypes = {name: available[name].dtype for name in names}
+    except KeyError as error:
+        raise ValueError(f"parallel_fit: configs must name hyperparameters of tx that one link "
+                         f"owns; {error.args[0]}") from None
     stacked = {name: jnp.asarray([c[name] for c in configs], dtypes[name]) for name in names}
     opt.set_hyperparams(state.opt_state, **{n: v[0] for n, v in stacked.items()})  # validates names
     n = len(configs)
