@@ -292,6 +292,37 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
     return state, history
 
 
+def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
+    """Loss and evaluation functions for a classifier built from fnn layers.
+
+    loss = softmax cross-entropy(model(x), y) + l2 · ½Σw² (weights only, see
+    ``fnn.losses.l2_penalty``); metrics: accuracy. The evaluation function runs
+    the model in evaluation mode (running BatchNorm statistics, no dropout).
+
+    Example:
+        >>> loss_fn, eval_fn = fnn.train.classifier(model)
+        >>> state, history = fnn.train.fit(loss_fn, tx, state, (x, y), key=key, epochs=10,
+        ...                                batch_size=64, val_data=(xv, yv), eval_fn=eval_fn)
+    """
+    from . import losses
+
+    def loss_fn(params, model_state, batch, key):
+        x, y = batch
+        logits, model_state = model.apply(params, model_state, x, key=key, train=True)
+        loss = losses.softmax_cross_entropy(logits, y)
+        if l2:
+            loss = loss + l2 * losses.l2_penalty(params)
+        return loss, (model_state, {"accuracy": losses.accuracy(logits, y)})
+
+    def eval_fn(params, model_state, batch):
+        x, y = batch
+        logits, _ = model.apply(params, model_state, x)
+        return {"loss": losses.softmax_cross_entropy(logits, y),
+                "accuracy": losses.accuracy(logits, y)}
+
+    return loss_fn, eval_fn
+
+
 def steps_per_second(history: dict, steps_per_epoch: int) -> float:
     """Training steps per second after the first epoch (which includes compilation)."""
     times = history.get("time", [])

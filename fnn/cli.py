@@ -1,0 +1,261 @@
+"""``python -m fnn``: the main job, a hyperparameter search, and gradient checks.
+
+    python -m fnn                       # train the digits MLP with five optimizers, plot losses
+    python -m fnn train --optimizer adam --epochs 30 --learning-rate 1e-3
+    python -m fnn search --trials 16    # random log-scale search, all trials in one vmapped program
+    python -m fnn gradcheck             # finite differences against jax.grad, layer by layer
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import optimizers as opt
+
+from . import data, train, tuning
+
+# learning rates that train the digits MLP well with each optimizer
+DEFAULT_RATES = {"sgd": 0.1, "momentum": 0.01, "adagrad": 0.05, "rmsprop": 1e-3, "adam": 1e-3}
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> opt.Optimizer:
+    """The optimizer ``name`` (one of DEFAULT_RATES) with L2 weight decay on weight matrices."""
+    base = {"sgd": opt.sgd, "momentum": opt.momentum, "adagrad": opt.adagrad,
+            "rmsprop": opt.rmsprop, "adam": opt.adam}[name](learning_rate)
+    decay = opt.add_decayed_weights(weight_decay, mask=_weights_only)
+    return opt.chain(decay, base)
+
+
+def _weights_only(params: Any) -> Any:
+    return jax.tree_util.tree_map(lambda p: len(p.shape) >= 2, params)
+
+
+def mlp(hidden: int = 256, rate: float = 0.2, classes: int = 10):
+    """The main job's model: (Dense → BatchNorm → ReLU → Dropout) × 2 → Dense."""
+    import fnn
+
+    block = [fnn.Dense(hidden), fnn.BatchNorm(), fnn.Relu(), fnn.Dropout(rate)]
+    return fnn.serial(*block, *[fnn.Dense(hidden), fnn.BatchNorm(), fnn.Relu(),
+                                fnn.Dropout(rate)], fnn.Dense(classes))
+
+
+def load(dataset: str, seed: int):
+    """Standardized train/validation split of a built-in data set."""
+    x, y = data.DATASETS[dataset]()
+    (x_train, y_train), (x_val, y_val) = data.train_val_split(jax.random.key(seed), (x, y), 0.2)
+    prep = data.standardize(x_train)
+    classes = int(y.max()) + 1
+    return (prep(x_train), jnp.asarray(y_train)), (prep(x_val), jnp.asarray(y_val)), classes
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, epochs: int) -> None:
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="digits",
+                        help="built-in data set (default: digits, from scikit-learn)")
+    parser.add_argument("--epochs", type=_positive(int), default=epochs,
+                        help=f"epochs per run (default: {epochs})")
+    parser.add_argument("--batch-size", type=_positive(int), default=64,
+                        help="mini-batch size (default: 64)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for the split, initialization, shuffling and dropout "
+                             "(default: 0)")
+    parser.add_argument("--hidden", type=_positive(int), default=256,
+                        help="hidden units per layer (default: 256)")
+    parser.add_argument("--dropout", type=float, default=0.2,
+                        help="dropout rate, the drop probability (default: 0.2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fnn", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no command, runs `train` with every optimizer.")
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("train", help="train the MLP with one or all optimizers (default)")
+    _common(run, 30)
+    run.add_argument("--optimizer", choices=["all", *DEFAULT_RATES], default="all",
+                     help="optimizer to train with (default: all five)")
+    run.add_argument("--learning-rate", type=_positive(float), default=None,
+                     help="learning rate (default: a tuned rate per optimizer: "
+                          + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_RATES.items()) + ")")
+    run.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                     help="L2 weight decay on weight matrices (default: 0)")
+    run.add_argument("--output", default="loss_curves.png",
+                     help="where to write the PNG of the loss curves (default: loss_curves.png)")
+    run.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    search = commands.add_parser(
+        "search", help="random search of learning rate and weight decay on a log scale, "
+                       "every trial trained at once with jax.vmap")
+    _common(search, 20)
+    search.add_argument("--optimizer", choices=list(DEFAULT_RATES), default="adam",
+                        help="optimizer whose hyperparameters are searched (default: adam)")
+    search.add_argument("--trials", type=_positive(int), default=16,
+                        help="number of random configurations (default: 16)")
+    search.add_argument("--lr-range", type=_positive(float), nargs=2, default=(1e-4, 1e-1),
+                        metavar=("LOW", "HIGH"), help="learning-rate range (default: 1e-4 1e-1)")
+    search.add_argument("--wd-range", type=_positive(float), nargs=2, default=(1e-6, 1e-2),
+                        metavar=("LOW", "HIGH"), help="weight-decay range (default: 1e-6 1e-2)")
+    search.add_argument("--refine", type=int, default=0, choices=range(0, 5), metavar="ROUNDS",
+                        help="coarse-to-fine rounds around the best 3 trials (default: 0)")
+    search.add_argument("--top", type=_positive(int), default=5,
+                        help="trials to print (default: 5)")
+
+    check = commands.add_parser("gradcheck", help="check every layer's gradient against "
+                                                  "finite differences in float64")
+    check.add_argument("--seed", type=int, default=0, help="seed for inputs and params")
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+
+
+def run_training(args: argparse.Namespace, out=sys.stdout) -> list[dict]:
+    (x_train, y_train), val, classes = load(args.dataset, args.seed)
+    model = mlp(args.hidden, args.dropout, classes)
+    loss_fn, eval_fn = train.classifier(model)
+    names = list(DEFAULT_RATES) if args.optimizer == "all" else [args.optimizer]
+    init_key = jax.random.key(args.seed + 1)
+    _, params, model_state = model.init(init_key, (-1, x_train.shape[1]))
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    rows, histories = [], {}
+    total = time.perf_counter()
+    for name in names:
+        rate = args.learning_rate or DEFAULT_RATES[name]
+        tx = make_optimizer(name, rate, args.weight_decay)
+        start = time.perf_counter()
+        state = train.init_train_state(params, model_state, tx)
+        state, history = train.fit(loss_fn, tx, state, (x_train, y_train),
+                                   key=jax.random.key(args.seed + 2), epochs=args.epochs,
+                                   batch_size=args.batch_size, val_data=val, eval_fn=eval_fn,
+                                   progress=not args.no_progress, description=name)
+        seconds = time.perf_counter() - start
+        histories[name] = history
+        rows.append({"optimizer": name, "learning_rate": rate,
+                     "train_loss": history["train_loss"][-1],
+                     "val_accuracy": history["val_accuracy"][-1], "time": seconds,
+                     "steps_per_s": steps_per_epoch * args.epochs / seconds})
+    total = time.perf_counter() - total
+    print(f"{args.dataset}: {len(x_train)} training / {len(val[0])} validation examples, "
+          f"MLP {x_train.shape[1]}-{args.hidden}-{args.hidden}-{classes} with BatchNorm and "
+          f"Dropout({args.dropout:g}), batch {args.batch_size}, {args.epochs} epochs", file=out)
+    print(f"{'optimizer':10} {'lr':>8} {'train loss':>10} {'val acc':>8} {'time (s)':>9} "
+          f"{'steps/s':>8}", file=out)
+    for r in rows:
+        print(f"{r['optimizer']:10} {r['learning_rate']:8.2g} {r['train_loss']:10.4f} "
+              f"{r['val_accuracy']:8.4f} {r['time']:9.2f} {r['steps_per_s']:8.0f}", file=out)
+    print(f"total wall time: {total:.2f} s (compilation included)", file=out)
+    if not args.no_plot:
+        plot_losses(histories, args.output)
+        print(f"loss curves written to {args.output}", file=out)
+    return rows
+
+
+def plot_losses(histories: dict, path: str) -> None:
+    """Training loss per epoch for each run, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, history in histories.items():
+        epochs = np.arange(1, len(history["train_loss"]) + 1)
+        ax_loss.plot(epochs, history["train_loss"], label=name)
+        ax_acc.plot(epochs, history["val_accuracy"], label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_search(args: argparse.Namespace, out=sys.stdout) -> tuning.Results:
+    (x_train, y_train), val, classes = load(args.dataset, args.seed)
+    model = mlp(args.hidden, args.dropout, classes)
+    loss_fn, eval_fn = train.classifier(model)
+    _, params, model_state = model.init(jax.random.key(args.seed + 1), (-1, x_train.shape[1]))
+    tx = make_optimizer(args.optimizer, DEFAULT_RATES[args.optimizer], 1e-4)
+    state = train.init_train_state(params, model_state, tx)
+    space = {"learning_rate": tuning.log_uniform(*args.lr_range),
+             "weight_decay": tuning.log_uniform(*args.wd_range)}
+
+    def objective(configs):
+        return tuning.parallel_fit(loss_fn, tx, state, configs, (x_train, y_train),
+                                   key=jax.random.key(args.seed + 2), epochs=args.epochs,
+                                   batch_size=args.batch_size, val_data=val, eval_fn=eval_fn)
+
+    start = time.perf_counter()
+    results = tuning.random_search(objective, space, key=jax.random.key(args.seed + 3),
+                                   trials=args.trials, metric="val_accuracy", batched=True)
+    for round_ in range(args.refine):
+        space = tuning.refine(space, results, top=3)
+        more = tuning.random_search(objective, space, key=jax.random.key(args.seed + 4 + round_),
+                                    trials=args.trials, metric="val_accuracy", batched=True)
+        results = tuning.Results(list(results) + list(more), "val_accuracy", "max")
+    seconds = time.perf_counter() - start
+    print(f"{len(results)} trials of {args.optimizer} on {args.dataset} ({args.epochs} epochs "
+          f"each, vmapped): {seconds:.2f} s, {len(results) / seconds:.2f} trials/s", file=out)
+    print(results.table(args.top), file=out)
+    return results
+
+
+def run_gradcheck(args: argparse.Namespace, out=sys.stdout) -> bool:
+    from .layer_checks import check_all_layers
+
+    return check_all_layers(seed=args.seed, out=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "search", "gradcheck", "-h", "--help"):
+        argv = ["train", *argv]  # no command: train (options go to it)
+    args = parser.parse_args(argv)
+    if args.command in ("train", "search") and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.command == "search":
+        for name in ("lr_range", "wd_range"):
+            low, high = getattr(args, name)
+            if not low < high:
+                parser.error(f"--{name.replace('_', '-')} needs LOW < HIGH, got {low:g} {high:g}")
+    try:
+        if args.command == "train":
+            run_training(args)
+        elif args.command == "search":
+            run_search(args)
+        else:
+            return 0 if run_gradcheck(args) else 1
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        print(f"python -m fnn: error: {error}", file=sys.stderr)
+        return 2
+    return 0
