@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 import optimizers as opt
-from fnn import cli, data, train, tuning
+from fnn import cli, train, tuning
 
 SPACE = {"learning_rate": tuning.log_uniform(1e-4, 1e-1),
          "weight_decay": tuning.log_uniform(1e-6, 1e-2)}
@@ -163,14 +163,14 @@ def step_rates(train_set, batch_size, seed, steps=300, repeats=5):
 
     def run_fnn():
         s = fnn_state[0]
-        for i in range(steps):
+        for _i in range(steps):
             s, m = fnn_step(s, (xb, yb), key)
         jax.block_until_ready(s)
         fnn_state[0] = s
 
     def run_flax():
         p, bs, o = flax_state[0]
-        for i in range(steps):
+        for _i in range(steps):
             p, bs, o = flax_step(p, bs, o, xb, yb, key)
         jax.block_until_ready(p)
         flax_state[0] = (p, bs, o)
