@@ -1,0 +1,29 @@
+"""Layers as ``(init, apply)`` pairs; the contract is in :mod:`fnn.layers.base`."""
+
+from .base import Layer, ParamsError
+from .combinators import parallel, residual, serial
+from .conv import AvgPool2D, Conv2D, MaxPool2D
+from .core import (
+    Activation,
+    Dense,
+    Dropout,
+    Elu,
+    Flatten,
+    Gelu,
+    HardTanh,
+    LeakyRelu,
+    LogSoftmax,
+    Relu,
+    Sigmoid,
+    Softmax,
+    SoftSign,
+    Tanh,
+)
+from .norm import BatchNorm, LayerNorm, WeightNorm
+
+__all__ = [
+    "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
+    "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
+    "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "parallel", "residual",
+    "serial",
+]

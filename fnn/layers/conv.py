@@ -1,0 +1,143 @@
+"""2-D convolution and pooling on NHWC inputs (HWIO kernels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import init as initializers
+
+from .base import (
+    Layer,
+    check_float_dtype,
+    check_input_shape,
+    expect_keys,
+    expect_shape,
+    infer_shape,
+)
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _pair(owner: str, name: str, value) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                 for v in pair):
+        raise ValueError(f"{owner}: {name} must be an int >= 1 or a pair of them; got {value!r}.")
+    return pair
+
+
+def _padding(owner: str, padding):
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{owner}: padding must be 'SAME', 'VALID' or ((top, bottom), (left, "
+                             f"right)); got {padding!r}.")
+        return padding.upper()
+    return tuple(tuple(p) for p in padding)
+
+
+def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  # noqa: N802
+           w_init: Callable | None = None, b_init: Callable | None = None) -> Layer:
+    """2-D convolution (cross-correlation, as in every deep-learning library).
+
+    y[n, i, j, o] = Σ_{di, dj, c} x[n, s·i + d·di, s·j + d·dj, c] · w[di, dj, c, o] + b[o]
+    (s stride, d dilation, x padded first).
+
+    NHWC inputs, HWIO kernel ``w`` of shape (kh, kw, in, features), bias ``b``
+    (features,). ``padding`` is "SAME", "VALID" or explicit pairs. Defaults:
+    W ~ Xavier uniform with conv fans (receptive field × channels), b = 0.
+
+    Example:
+        >>> fnn.Conv2D(32, 3).init(key, (-1, 28, 28, 1))[0]   # (-1, 28, 28, 32)
+    """
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+        raise ValueError(f"Conv2D: features must be an int >= 1; got {features!r}.")
+    kernel = _pair("Conv2D", "kernel_size", kernel_size)
+    strides = _pair("Conv2D", "stride", stride)
+    dilations = _pair("Conv2D", "dilation", dilation)
+    pad = _padding("Conv2D", padding)
+    w_init = w_init or initializers.xavier_uniform()
+    b_init = b_init or initializers.zeros()
+    name = f"Conv2D({features}, {kernel_size})"
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilations,
+                                        dimension_numbers=NHWC)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, rank=4,
+                                  expected="(batch, height, width, channels) [NHWC]")
+        dtype = check_float_dtype(name, dtype)
+        k_w, k_b = jax.random.split(key)
+        w = w_init(k_w, (*kernel, shape[-1], features), dtype)
+        try:
+            out = infer_shape(lambda x: conv(x, w), shape, dtype)
+        except Exception as error:  # noqa: BLE001 - re-raised with the layer's name
+            raise ValueError(f"{name}: the input shape {shape} is too small for the kernel "
+                             f"{kernel} with stride {strides} and dilation {dilations}.") from error
+        if 0 in out:
+            raise ValueError(f"{name}: input shape {shape} gives an empty output {out}.")
+        return out, {"w": w, "b": b_init(k_b, (features,), dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("w", "b"))
+        expect_shape(name, "w", params["w"], (*kernel, x.shape[-1], features))
+        expect_shape(name, "b", params["b"], (features,))
+        return conv(x, params["w"]) + params["b"], state
+
+    return Layer(init, apply, "conv2d")
+
+
+def _pool(kind: str, window, stride, padding) -> Layer:
+    window = _pair(kind, "window", window)
+    strides = _pair(kind, "stride", stride if stride is not None else window)
+    pad = _padding(kind, padding)
+    dims, steps = (1, *window, 1), (1, *strides, 1)
+    name = f"{kind}({window})"
+
+    def pool(x):
+        if kind == "MaxPool2D":
+            return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, pad)
+        total = lax.reduce_window(x, 0.0, lax.add, dims, steps, pad)
+        if pad == "VALID":
+            return total / (window[0] * window[1])
+        # average over the positions inside the input (SAME padding adds zeros at edges)
+        count = lax.reduce_window(jnp.ones(x.shape[1:3], x.dtype)[None, :, :, None], 0.0,
+                                  lax.add, dims, steps, pad)
+        return total / count
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, rank=4,
+                                  expected="(batch, height, width, channels) [NHWC]")
+        out = infer_shape(pool, shape, check_float_dtype(name, dtype))
+        if 0 in out:
+            raise ValueError(f"{name}: input shape {shape} gives an empty output {out}.")
+        return out, {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return pool(x), state
+
+    return Layer(init, apply, kind.lower())
+
+
+def MaxPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802
+    """Max over ``window`` patches: y[n, i, j, c] = max x[n, s·i + di, s·j + dj, c].
+
+    ``stride`` defaults to ``window`` (non-overlapping).
+
+    Example:
+        >>> fnn.MaxPool2D(2).init(key, (-1, 28, 28, 8))[0]   # (-1, 14, 14, 8)
+    """
+    return _pool("MaxPool2D", window, stride, padding)
+
+
+def AvgPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802
+    """Mean over ``window`` patches (with SAME padding, over the positions inside the input).
+
+    Example:
+        >>> fnn.AvgPool2D(2).init(key, (-1, 28, 28, 8))[0]   # (-1, 14, 14, 8)
+    """
+    return _pool("AvgPool2D", window, stride, padding)

@@ -1,0 +1,183 @@
+"""Dense, Flatten, Dropout and the activation layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+import init as initializers
+
+from .. import activations
+from .base import (
+    Layer,
+    ParamsError,
+    check_float_dtype,
+    check_input_shape,
+    expect_keys,
+    expect_shape,
+)
+
+
+def Dense(features: int, w_init: Callable | None = None,
+          b_init: Callable | None = None) -> Layer:  # noqa: N802 - layers are CamelCase
+    """Fully connected layer: y = x W + b over the last axis.
+
+    Params ``{"w": (in, features), "b": (features,)}``; defaults W ~ Xavier
+    uniform, b = 0.
+
+    Example:
+        >>> out_shape, params, state = fnn.Dense(10).init(key, (-1, 64))   # (-1, 10)
+    """
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+        raise ValueError(f"Dense: features must be an int >= 1; got {features!r}.")
+    w_init = w_init or initializers.xavier_uniform()
+    b_init = b_init or initializers.zeros()
+    name = f"Dense({features})"
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, min_rank=1,
+                                  expected="(batch, ..., features)")
+        dtype = check_float_dtype(name, dtype)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, (shape[-1], features), dtype),
+                  "b": b_init(k_b, (features,), dtype)}
+        return (*shape[:-1], features), params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("w", "b"))
+        expect_shape(name, "w", params["w"], (x.shape[-1], features))
+        expect_shape(name, "b", params["b"], (features,))
+        return x @ params["w"] + params["b"], state
+
+    return Layer(init, apply, "dense")
+
+
+def Flatten() -> Layer:  # noqa: N802
+    """Flattens every axis but the batch axis: (B, d1, d2, …) → (B, d1·d2·…).
+
+    Example:
+        >>> fnn.Flatten().init(key, (-1, 8, 8, 3))[0]   # (-1, 192)
+    """
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape("Flatten", input_shape, min_rank=2,
+                                  expected="(batch, d1, ...)")
+        size = 1
+        for d in shape[1:]:
+            size *= d
+        return (shape[0], size), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x.reshape(x.shape[0], -1), state
+
+    return Layer(init, apply, "flatten")
+
+
+def Dropout(rate: float) -> Layer:  # noqa: N802
+    """Inverted dropout: in training, y = x·m / (1 − rate) with m ~ Bernoulli(1 − rate).
+
+    ``rate`` is the probability of dropping a unit. The expected value of y is
+    x, so evaluation (``train=False``) is the identity and needs no key.
+    Training needs a key: ``model.apply(params, state, x, key=key, train=True)``.
+
+    Example:
+        >>> y, _ = fnn.Dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
+    """
+    if isinstance(rate, jax.core.Tracer):
+        raise TypeError("Dropout: rate must be a Python float (it fixes the program).")
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"Dropout: rate (the drop probability) must be in [0, 1); got {rate!r}.")
+    name = f"Dropout({rate:g})"
+
+    def init(key, input_shape, dtype=jnp.float32):
+        return check_input_shape(name, input_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise ValueError(
+                f"{name} needs a PRNG key in training: pass one to apply, e.g. "
+                "model.apply(params, state, x, key=jax.random.key(0), train=True) "
+                "(use a new key every step, e.g. jax.random.fold_in(key, step)).")
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x)), state
+
+    return Layer(init, apply, "dropout")
+
+
+def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) -> Layer:  # noqa: N802
+    """A parameter-free layer applying ``fn`` elementwise (or along the last axis).
+
+    Example:
+        >>> swish = fnn.Activation(lambda x: x * jax.nn.sigmoid(x), "swish")
+    """
+    if not callable(fn):
+        raise TypeError(f"Activation: fn must be a function of an array; got {fn!r}.")
+    label = name or getattr(fn, "__name__", "activation")
+
+    def init(key, input_shape, dtype=jnp.float32):
+        return check_input_shape(label, input_shape, min_rank=0), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if params not in ({}, None):
+            raise ParamsError("", f"{label} has no params; got {params!r}.")
+        return fn(x), state
+
+    return Layer(init, apply, label.lower().replace("_", ""))
+
+
+def Sigmoid() -> Layer:  # noqa: N802
+    """σ(x) = 1 / (1 + e^{−x}). Example: ``fnn.Sigmoid()``."""
+    return Activation(activations.sigmoid, "sigmoid")
+
+
+def Tanh() -> Layer:  # noqa: N802
+    """tanh(x). Example: ``fnn.Tanh()``."""
+    return Activation(activations.tanh, "tanh")
+
+
+def HardTanh() -> Layer:  # noqa: N802
+    """max(−1, min(1, x)). Example: ``fnn.HardTanh()``."""
+    return Activation(activations.hard_tanh, "hard_tanh")
+
+
+def SoftSign() -> Layer:  # noqa: N802
+    """x / (1 + |x|). Example: ``fnn.SoftSign()``."""
+    return Activation(activations.soft_sign, "soft_sign")
+
+
+def Relu() -> Layer:  # noqa: N802
+    """max(0, x). Example: ``fnn.Relu()``."""
+    return Activation(activations.relu, "relu")
+
+
+def LeakyRelu(negative_slope: float = 0.01) -> Layer:  # noqa: N802
+    """x for x ≥ 0, a·x otherwise. Example: ``fnn.LeakyRelu(0.1)``."""
+    return Activation(lambda x: activations.leaky_relu(x, negative_slope), "leaky_relu")
+
+
+def Elu(alpha: float = 1.0) -> Layer:  # noqa: N802
+    """x for x > 0, α(e^x − 1) otherwise. Example: ``fnn.Elu()``."""
+    return Activation(lambda x: activations.elu(x, alpha), "elu")
+
+
+def Gelu(approximate: bool = True) -> Layer:  # noqa: N802
+    """x Φ(x). Example: ``fnn.Gelu()``."""
+    return Activation(lambda x: activations.gelu(x, approximate), "gelu")
+
+
+def Softmax(axis: int = -1) -> Layer:  # noqa: N802
+    """e^{x_i} / Σ_j e^{x_j}. Example: ``fnn.Softmax()``."""
+    return Activation(lambda x: activations.softmax(x, axis), "softmax")
+
+
+def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
+    """x_i − log Σ_j e^{x_j}. Example: ``fnn.LogSoftmax()``."""
+    return Activation(lambda x: activations.log_softmax(x, axis), "log_softmax")
+
+
+__all__ = ["Activation", "Dense", "Dropout", "Elu", "Flatten", "Gelu", "HardTanh", "LeakyRelu",
+           "LogSoftmax", "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh"]

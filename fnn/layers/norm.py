@@ -1,0 +1,152 @@
+"""Normalization: BatchNorm (running statistics), LayerNorm, WeightNorm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .base import (
+    Layer,
+    ParamsError,
+    check_float_dtype,
+    check_input_shape,
+    expect_keys,
+    expect_shape,
+)
+
+
+def _compute(x):
+    """x in float32 at least (statistics of bfloat16/float16 inputs are computed in float32)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
+    """Batch normalization (Ioffe & Szegedy 2015) over every axis but the last (features).
+
+    Training: μ_B, σ²_B = mean and biased variance of the batch;
+    y = γ (x − μ_B) / √(σ²_B + ε) + β, and the running statistics move:
+    r_μ ← d·r_μ + (1 − d)·μ_B,  r_σ² ← d·r_σ² + (1 − d)·σ²_B · m/(m − 1)
+    (m values per feature: the running variance is unbiased, as torch keeps it;
+    ``decay=0.9`` is torch's ``momentum=0.1``). Evaluation uses the running
+    statistics. ``init`` does not update them. Works after Dense (B, F) and
+    Conv2D (B, H, W, C). Params ``{"scale": γ = 1, "offset": β = 0}``, state
+    ``{"mean": 0, "var": 1}``.
+
+    Example:
+        >>> y, state = fnn.BatchNorm().apply(params, state, x, train=True)
+    """
+    if not 0.0 <= float(decay) <= 1.0:
+        raise ValueError(f"BatchNorm: decay must be in [0, 1]; got {decay!r}.")
+    if not float(eps) > 0:
+        raise ValueError(f"BatchNorm: eps must be > 0; got {eps!r}.")
+    name = "BatchNorm"
+
+    def _moving(running, batch):
+        return (decay * running + (1 - decay) * batch).astype(running.dtype)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, min_rank=2,
+                                  expected="(batch, ..., features)")
+        dtype = check_float_dtype(name, dtype)
+        features = shape[-1]
+        params = {"scale": jnp.ones(features, dtype), "offset": jnp.zeros(features, dtype)}
+        return shape, params, {"mean": jnp.zeros(features, dtype), "var": jnp.ones(features, dtype)}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("scale", "offset"))
+        try:
+            expect_keys(name, state, ("mean", "var"), "state")
+        except ParamsError as error:
+            raise ParamsError("", error.detail + " (pass the state returned by init or by the "
+                              "previous apply)") from None
+        for k in ("scale", "offset"):
+            expect_shape(name, k, params[k], (x.shape[-1],))
+        axes = tuple(range(x.ndim - 1))
+        xc = _compute(x)
+        if train:
+            mean = xc.mean(axes)
+            var = jnp.mean(jnp.square(xc - mean), axes)
+            m = x.size // x.shape[-1]
+            unbiased = var * (m / max(m - 1, 1))
+            state = {"mean": _moving(state["mean"], mean), "var": _moving(state["var"], unbiased)}
+        else:
+            mean, var = _compute(state["mean"]), _compute(state["var"])
+        y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        return y.astype(x.dtype), state
+
+    return Layer(init, apply, "batchnorm")
+
+
+def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
+    """Layer normalization (Ba, Kiros & Hinton 2016) over the last axis (H features).
+
+    μ = (1/H) Σᵢ xᵢ, σ² = (1/H) Σᵢ (xᵢ − μ)²; y = γ (x − μ) / √(σ² + ε) + β.
+    The same computation in training and evaluation; no state. Params
+    ``{"scale": γ = 1, "offset": β = 0}``.
+
+    Example:
+        >>> fnn.LayerNorm().init(key, (-1, 128))
+    """
+    if not float(eps) > 0:
+        raise ValueError(f"LayerNorm: eps must be > 0; got {eps!r}.")
+    name = "LayerNorm"
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, min_rank=1,
+                                  expected="(batch, ..., features)")
+        dtype = check_float_dtype(name, dtype)
+        params = {"scale": jnp.ones(shape[-1], dtype), "offset": jnp.zeros(shape[-1], dtype)}
+        return shape, params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("scale", "offset"))
+        for k in ("scale", "offset"):
+            expect_shape(name, k, params[k], (x.shape[-1],))
+        xc = _compute(x)
+        mean = xc.mean(-1, keepdims=True)
+        var = jnp.mean(jnp.square(xc - mean), -1, keepdims=True)
+        y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        return y.astype(x.dtype), state
+
+    return Layer(init, apply, "layernorm")
+
+
+def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
+    """Weight normalization (Salimans & Kingma 2016) of a layer with a weight ``w``.
+
+    w = g · v / ‖v‖, the norm taken per output unit (over every axis but the
+    last), so the direction v and the length g are learned separately. Params:
+    the inner layer's, with ``w`` replaced by ``v`` (initialized to the inner
+    initializer's w) and ``g`` (initialized to ‖w‖, so the initial w is unchanged).
+
+    Example:
+        >>> fnn.WeightNorm(fnn.Dense(64)).init(key, (-1, 32))
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"WeightNorm: expected a layer such as fnn.Dense(64); got {layer!r}.")
+    name = f"WeightNorm({layer.name})"
+
+    def norm(v):
+        vc = _compute(v)
+        return jnp.sqrt(jnp.sum(jnp.square(vc), axis=tuple(range(v.ndim - 1))))
+
+    def init(key, input_shape, dtype=jnp.float32):
+        out_shape, params, state = layer.init(key, input_shape, dtype)
+        if "w" not in params:
+            raise ValueError(f"{name}: the layer has no weight 'w' to normalize "
+                             f"(params: {sorted(params)}).")
+        params = dict(params)
+        v = params.pop("w")
+        return out_shape, {**params, "v": v, "g": norm(v).astype(v.dtype)}, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not isinstance(params, dict) or "v" not in params or "g" not in params:
+            found = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ParamsError("", f"{name} expects params with 'v' and 'g'; got {found}.")
+        inner = {k: p for k, p in params.items() if k not in ("v", "g")}
+        v, g = params["v"], params["g"]
+        expect_shape(name, "g", g, (v.shape[-1],))
+        w = (_compute(v) * (_compute(g) / norm(v))).astype(v.dtype)
+        return layer.apply({**inner, "w": w}, state, x, key=key, train=train)
+
+    return Layer(init, apply, "weightnorm")
