@@ -108,7 +108,7 @@ def optuna_search(configs, train_set, val_set, epochs, batch_size, seed):
 def fnn_searches(configs, train_set, val_set, epochs, batch_size, seed):
     model = cli.mlp()
     loss_fn, eval_fn = train.classifier(model)
-    _, params, model_state = model.init(jax.random.key(seed), (-1, 64))
+    params, model_state = cli.init_model(model, seed, 64)
     tx = cli.make_optimizer("adam", 1e-3, 1e-4)
     state = train.init_train_state(params, model_state, tx)
 
@@ -139,7 +139,7 @@ def step_rates(train_set, batch_size, seed, steps=300, repeats=5):
     xb, yb = x[:batch_size], y[:batch_size]
     model = cli.mlp()
     loss_fn, _ = train.classifier(model)
-    _, params, model_state = model.init(jax.random.key(seed), (-1, 64))
+    params, model_state = cli.init_model(model, seed, 64)
     tx = opt.adam(1e-3)
     fnn_step = train.make_train_step(loss_fn, tx)
     fnn_state = [train.init_train_state(params, model_state, tx)]

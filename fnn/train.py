@@ -241,7 +241,8 @@ def _progress(total: int, enabled: bool, description: str):
 def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, *,
         key: jax.Array, epochs: int, batch_size: int, val_data: Any = None,
         eval_fn: Callable | None = None, progress: bool = True, description: str = "train",
-        drop_remainder: bool = False) -> tuple[TrainState, dict]:
+        drop_remainder: bool = False, epoch_fn: Callable | None = None,
+        ) -> tuple[TrainState, dict]:
     """Trains for ``epochs`` epochs; returns the final state and a history of metrics.
 
     Each epoch is one compiled program (:func:`make_epoch`) that donates the
@@ -260,6 +261,8 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
       val_data: optional validation data for ``eval_fn``.
       eval_fn: ``eval_fn(params, model_state, batch) -> dict`` of metric means.
       progress: show a tqdm progress bar.
+      epoch_fn: the compiled epoch to run, e.g. ``jax.jit(make_epoch(...)).lower(...).compile()``
+        prepared ahead (in another thread, while something else trains); default: built here.
 
     Example:
         >>> state, history = fnn.train.fit(loss_fn, tx, state, (x, y), key=key,
@@ -268,8 +271,9 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
     _check_key("fit", key)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int >= 0; got {epochs!r}.")
-    epoch_fn = jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder),
-                       donate_argnums=(0,))
+    if epoch_fn is None:
+        epoch_fn = jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder),
+                           donate_argnums=(0,))
     evaluate_fn = jax.jit(eval_fn) if eval_fn is not None else None
     train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
     history: dict[str, list] = {"time": []}

@@ -33,9 +33,11 @@ from .wrappers import (
     AccumulateState,
     MaskedState,
     SkipNonfiniteState,
+    SwitchState,
     accumulate,
     masked,
     skip_nonfinite,
+    switch,
 )
 
 __all__ = [
@@ -44,5 +46,5 @@ __all__ = [
     "RmspropState", "SgdState", "SkipNonfiniteState", "TransformState", "accumulate",
     "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip",
     "clip_by_global_norm", "from_rule", "global_norm", "hyperparams", "masked", "momentum",
-    "rmsprop", "schedules", "set_hyperparams", "sgd", "skip_nonfinite",
+    "rmsprop", "schedules", "set_hyperparams", "sgd", "skip_nonfinite", "switch", "SwitchState",
 ]

@@ -25,6 +25,8 @@ def _owners(state: Any, path: tuple = ()):
         yield path, state
     elif fields is not None and "inner" in fields:
         yield from _owners(state.inner, path)
+    elif fields is not None and "states" in fields:  # a switch: its optimizers are links
+        yield from _owners(state.states, path)
     elif type(state) is tuple:  # a chain's state
         for i, link in enumerate(state):
             yield from _owners(link, path + (i,))
@@ -36,8 +38,7 @@ def _select_link(state: Any, link: Link) -> tuple[Any, tuple]:
     path = (link,) if isinstance(link, int) else tuple(link)
     current = state
     for depth, i in enumerate(path):
-        while getattr(current, "_fields", None) is not None and "inner" in current._fields:
-            current = current.inner
+        current = _unwrap(current)
         if type(current) is not tuple or not 0 <= i < len(current):
             found = f"a chain of {len(current)} links" if type(current) is tuple else "no chain"
             raise ValueError(
@@ -46,6 +47,18 @@ def _select_link(state: Any, link: Link) -> tuple[Any, tuple]:
             )
         current = current[i]
     return current, path
+
+
+def _unwrap(state: Any) -> Any:
+    """The chain-like tuple inside wrappers (``inner``) and switches (``states``)."""
+    while getattr(state, "_fields", None) is not None:
+        if "inner" in state._fields:
+            state = state.inner
+        elif "states" in state._fields:
+            state = state.states
+        else:
+            break
+    return state
 
 
 class Hyperparams(dict):
@@ -158,6 +171,8 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
             return node._replace(hyperparams=new)
         if fields is not None and "inner" in fields:
             return node._replace(inner=rebuild(node.inner, path))
+        if fields is not None and "states" in fields:
+            return node._replace(states=rebuild(node.states, path))
         if type(node) is tuple:
             return tuple(rebuild(child, path + (i,)) for i, child in enumerate(node))
         return node
@@ -173,5 +188,7 @@ def _replace_at(state: Any, path: tuple, new: Any) -> Any:
     fields = getattr(state, "_fields", None)
     if fields is not None and "inner" in fields:
         return state._replace(inner=_replace_at(state.inner, path, new))
+    if fields is not None and "states" in fields:
+        return state._replace(states=_replace_at(state.states, path, new))
     i = path[0]
     return state[:i] + (_replace_at(state[i], path[1:], new),) + state[i + 1:]

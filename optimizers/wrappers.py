@@ -27,6 +27,11 @@ class SkipNonfiniteState(NamedTuple):
     last_finite: jax.Array  # whether the last step's gradients were all finite
 
 
+class SwitchState(NamedTuple):
+    index: jax.Array  # which optimizer acts: data, so changing it does not recompile
+    states: tuple
+
+
 class AccumulateState(NamedTuple):
     inner: Any
     grad_sum: Any
@@ -159,5 +164,46 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         due = mini_step >= every
         updates, inner, grad_sum = jax.lax.cond(due, apply, wait, None)
         return updates, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
+
+    return Optimizer(init, update)
+
+
+def switch(*transforms: Optimizer) -> Optimizer:
+    """One of several optimizers, chosen by data: ``state.index`` picks the one that acts.
+
+    Update: (u, sᵢ) = transforms[i].update(g, sᵢ) with i = ``state.index``; the
+    other states are kept. The choice is an array in the state, so one compiled
+    training program serves every optimizer (change it with
+    ``state._replace(index=jnp.int32(i))``), and ``jax.vmap`` over states with
+    different indices trains models with different optimizers at once. On one
+    device only the chosen branch runs (``lax.switch``).
+
+    Example:
+        >>> tx = optimizers.switch(optimizers.sgd(0.1), optimizers.adam(1e-3))
+        >>> state = tx.init(params)._replace(index=jnp.int32(1))   # Adam
+    """
+    if not transforms:
+        raise ValueError("switch: needs at least one optimizer.")
+    for i, tx in enumerate(transforms):
+        check_optimizer("switch", f"argument {i}", tx)
+
+    def init(params):
+        return SwitchState(jnp.zeros((), jnp.int32), tuple(tx.init(params) for tx in transforms))
+
+    def update(grads, state, params=None, **extra):
+        if not isinstance(state, SwitchState) or len(state.states) != len(transforms):
+            raise TypeError(f"switch.update: state must be the SwitchState of {len(transforms)} "
+                            "optimizers returned by switch(...).init(params).")
+
+        def branch(i):
+            def run(states):
+                updates, new = transforms[i].update(grads, states[i], params, **extra)
+                return updates, states[:i] + (new,) + states[i + 1:]
+            return run
+
+        updates, states = jax.lax.switch(jnp.clip(state.index, 0, len(transforms) - 1),
+                                         [branch(i) for i in range(len(transforms))],
+                                         state.states)
+        return updates, SwitchState(state.index, states)
 
     return Optimizer(init, update)
