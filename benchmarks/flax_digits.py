@@ -81,7 +81,7 @@ def run(name: str, x_train, y_train, x_val, y_val, epochs: int, batch_size: int,
 
     rng = np.random.default_rng(seed)
     steps = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = rng.permutation(len(x_train))
         losses = []
         for i in range(0, len(order), batch_size):
@@ -103,7 +103,8 @@ def main(argv=None) -> float:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     x, y = data.load_digits()
-    (x_train, y_train), (x_val, y_val) = data.train_val_split(jax.random.key(args.seed), (x, y), 0.2)
+    key = jax.random.key(args.seed)
+    (x_train, y_train), (x_val, y_val) = data.train_val_split(key, (x, y), 0.2)
     prep = data.standardize(x_train)
     x_train, x_val = np.asarray(prep(x_train)), np.asarray(prep(x_val))
     total = time.perf_counter()
