@@ -152,12 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 
 
-def run_training(args: argparse.Namespace, out=sys.stdout) -> list[dict]:
+def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     """Trains the MLP with each optimizer; prints the table and writes the plot.
 
     The optimizers are the branches of one ``optimizers.switch``, so a single
     compiled epoch program serves all of them: the choice of optimizer is data.
     """
+    out = sys.stdout if out is None else out
     total = time.perf_counter()
     (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
     model = mlp(args.hidden, args.dropout, classes)
@@ -235,7 +236,8 @@ def plot_losses(histories: dict, path: str) -> None:
     plt.close(fig)
 
 
-def run_search(args: argparse.Namespace, out=sys.stdout) -> tuning.Results:
+def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
+    out = sys.stdout if out is None else out
     (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
     model = mlp(args.hidden, args.dropout, classes)
     loss_fn, eval_fn = train.classifier(model)
@@ -265,7 +267,8 @@ def run_search(args: argparse.Namespace, out=sys.stdout) -> tuning.Results:
     return results
 
 
-def run_gradcheck(args: argparse.Namespace, out=sys.stdout) -> bool:
+def run_gradcheck(args: argparse.Namespace, out=None) -> bool:
+    out = sys.stdout if out is None else out
     from .layer_checks import check_all_layers
 
     return check_all_layers(seed=args.seed, out=out)

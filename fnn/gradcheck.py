@@ -106,10 +106,22 @@ def _segments(args: tuple, argnums: Sequence[int]) -> tuple[list[str], list[int]
     return names, sizes
 
 
+def _supports_forward_mode(f_flat: Callable, theta: jax.Array) -> bool:
+    """False for functions with a custom_vjp inside: they have no jvp (checked by tracing)."""
+    spec = jax.ShapeDtypeStruct(theta.shape, theta.dtype)
+    return "custom_vjp" not in str(jax.make_jaxpr(f_flat)(spec))
+
+
 def _leaf_errors(f: Callable, args: tuple, argnums: tuple, sizes: list[int], mode: str,
                  eps: float, randomness: tuple, num_directions: int, batch_size: int,
                  tiny: float) -> jax.Array:
-    """Per-leaf relative errors of JAX's derivatives of f; one program, run under jit."""
+    """Per-leaf relative errors of JAX's derivatives of f; one program, run under jit.
+
+    Reverse mode (what ``jax.grad`` uses) is checked for every function: with a
+    random output cotangent w, the analytic ⟨Jᵀw, u⟩ against the numeric
+    ⟨w, (f(θ + εu) − f(θ − εu)) / 2ε⟩. Where f supports forward mode (no
+    custom_vjp inside), ⟨w, J u⟩ from ``jvp`` must match too.
+    """
     theta, unravel = ravel_pytree(tuple(args[a] for a in argnums))
     n_leaves, total = len(sizes), theta.size
 
@@ -119,51 +131,52 @@ def _leaf_errors(f: Callable, args: tuple, argnums: tuple, sizes: list[int], mod
             new_args[a] = value
         return jnp.asarray(f(*new_args), jnp.float64)
 
-    def analytic_and_numeric(u):
-        # one vmapped jvp at θ − εu, θ, θ + εu: its primal outputs give the centered
-        # difference, its tangent at θ the analytic J u
-        points = theta + jnp.array([-eps, 0.0, eps])[:, None] * u
+    normals, seed = randomness
+    value, pullback = jax.vjp(f_flat, theta)
+    w = jax.random.normal(jax.random.key(seed), jnp.shape(value), jnp.float64)
+    (reverse,) = pullback(w)  # Jᵀ w
+    forward_mode = _supports_forward_mode(f_flat, theta)
+
+    def project(y):
+        return jnp.vdot(w, y)
+
+    def numeric_and_forward(u):
+        """⟨w, centered difference along u⟩ and ⟨w, J u⟩ (or NaN without forward mode)."""
+        if not forward_mode:
+            values = jax.vmap(f_flat)(theta + jnp.array([-eps, eps])[:, None] * u)
+            return project(values[1] - values[0]) / (2 * eps), jnp.nan
+        # one vmapped jvp at θ − εu, θ + εu, θ: the primal outputs give the difference
+        points = theta + jnp.array([-eps, eps, 0.0])[:, None] * u
         values, tangents = jax.vmap(lambda p: jax.jvp(f_flat, (p,), (u,)))(points)
-        return tangents[1], (values[2] - values[0]) / (2 * eps)
+        return project(values[1] - values[0]) / (2 * eps), project(tangents[2])
 
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    if mode == "full":  # every coordinate: u = e_i
-        a, n = jax.lax.map(lambda i: analytic_and_numeric(jnp.zeros(total).at[i].set(1.0)),
-                           jnp.arange(total), batch_size=min(batch_size, max(total, 1)))
-        return jnp.stack([_relative(a[s:e], n[s:e], tiny)
-                          for s, e in zip(starts[:-1], starts[1:])])
+    if mode == "full":  # every coordinate: u = e_i, analytic (Jᵀw)_i
+        numeric, forward = jax.lax.map(
+            lambda i: numeric_and_forward(jnp.zeros(total).at[i].set(1.0)), jnp.arange(total),
+            batch_size=min(batch_size, max(total, 1)))
+        analytic = reverse
+    else:  # num_directions random unit vectors inside each leaf
+        lows, highs = jnp.asarray(starts[:-1]), jnp.asarray(starts[1:])
+        index = jnp.arange(total)
 
-    # directional: num_directions random unit vectors inside each leaf, one row at a time
-    lows, highs = jnp.asarray(starts[:-1]), jnp.asarray(starts[1:])
-    index = jnp.arange(total)
+        def row(r):
+            leaf = r // num_directions
+            inside = (index >= lows[leaf]) & (index < highs[leaf])
+            u = jnp.where(inside, normals[r % num_directions], 0.0)
+            u = u / jnp.maximum(jnp.linalg.norm(u), tiny)
+            return (*numeric_and_forward(u), jnp.vdot(reverse, u))
 
-    # row r = (leaf r // K, direction r mod K): the K-th normal vector restricted to the leaf
-    normals, w_seed = randomness
-
-    def direction(row):
-        leaf = row // num_directions
-        inside = (index >= lows[leaf]) & (index < highs[leaf])
-        u = jnp.where(inside, normals[row % num_directions], 0.0)
-        return u / jnp.maximum(jnp.linalg.norm(u), tiny)
-
-    def row_values(row):
-        u = direction(row)
-        tangent, numeric = analytic_and_numeric(u)
-        return tangent, numeric, u @ cotangent
-
-    # reverse mode, once for all rows: ⟨w, J u⟩ (forward) must equal ⟨Jᵀ w, u⟩ (backward)
-    value, pullback = jax.vjp(f_flat, theta)
-    w = jax.random.normal(jax.random.key(w_seed), jnp.shape(value), jnp.float64)
-    (cotangent,) = pullback(w)
-    rows = n_leaves * num_directions
-    a, n, backward = jax.lax.map(row_values, jnp.arange(rows),
-                                 batch_size=min(batch_size, rows, 4))
-    forward = jnp.tensordot(a, w, axes=jnp.ndim(value))
+        rows = n_leaves * num_directions
+        numeric, forward, analytic = jax.lax.map(row, jnp.arange(rows),
+                                                 batch_size=min(batch_size, rows, 4))
+        starts = np.arange(n_leaves + 1) * num_directions
     errors = []
-    for leaf in range(n_leaves):
-        r = slice(leaf * num_directions, (leaf + 1) * num_directions)
-        errors.append(jnp.maximum(_relative(a[r], n[r], tiny),
-                                  _relative(backward[r], forward[r], tiny)))
+    for s, e in zip(starts[:-1], starts[1:]):
+        error = _relative(analytic[s:e], numeric[s:e], tiny)
+        if forward_mode:
+            error = jnp.maximum(error, _relative(analytic[s:e], forward[s:e], tiny))
+        errors.append(error)
     return jnp.stack(errors)
 
 

@@ -64,8 +64,9 @@ def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  
     name = f"Conv2D({features}, {kernel_size})"
 
     def conv(x, w):
-        return lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilations,
-                                        dimension_numbers=NHWC)
+        dtype = jnp.result_type(x, w)  # as x @ w would promote
+        return lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), strides, pad,
+                                        rhs_dilation=dilations, dimension_numbers=NHWC)
 
     def init(key, input_shape, dtype=jnp.float32):
         shape = check_input_shape(name, input_shape, rank=4,
