@@ -124,3 +124,46 @@ def test_orbax_round_trip(tmp_path):
         checkpointer.wait_until_finished()
         restored = checkpointer.restore(tmp_path / "state", tx.init(PARAMS))
     assert tree_equal(restored, state)
+
+
+def tree_close(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-15)
+
+
+def test_switch_runs_the_chosen_optimizer_and_compiles_once():
+    choices = [opt.sgd(0.1), opt.momentum(0.05), opt.adam(0.01)]
+    tx = opt.switch(*choices)
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(p) + 0.5, PARAMS)
+    traces = []
+
+    @jax.jit
+    def step(state):
+        traces.append(1)
+        return tx.update(grads, state, PARAMS)
+
+    for index, alone in enumerate(choices):
+        state = tx.init(PARAMS)._replace(index=jnp.int32(index))
+        alone_state = alone.init(PARAMS)
+        for _ in range(3):
+            updates, state = step(state)
+            expected, alone_state = jax.jit(alone.update)(grads, alone_state, PARAMS)
+            tree_close(updates, expected)
+        tree_close(state.states[index], alone_state)
+        untouched = [s for i, s in enumerate(state.states) if i != index]
+        assert tree_equal(untouched, [c.init(PARAMS) for i, c in enumerate(choices) if i != index])
+    assert len(traces) == 1
+    # vmap over the index: three models with three optimizers in one program
+    states = jax.vmap(lambda i: tx.init(PARAMS)._replace(index=i))(jnp.arange(3, dtype=jnp.int32))
+    updates, _ = jax.vmap(lambda s: tx.update(grads, s, PARAMS))(states)
+    for index, alone in enumerate(choices):
+        expected, _ = alone.update(grads, alone.init(PARAMS), PARAMS)
+        for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_allclose(np.asarray(a[index]), np.asarray(b), rtol=1e-12)
+    # hyperparameters of each branch are links
+    state = opt.set_hyperparams(tx.init(PARAMS), link=2, learning_rate=0.5)
+    assert float(opt.hyperparams(state, link=2)["learning_rate"]) == 0.5
+    assert float(opt.hyperparams(state, link=0)["learning_rate"]) == pytest.approx(0.1)
+    with pytest.raises(TypeError, match="switch: argument 1 must be an optimizer"):
+        opt.switch(opt.sgd(0.1), "adam")

@@ -1,0 +1,160 @@
+"""fnn.gradcheck: catches planted bugs by leaf, agrees with jax.test_util, scales directionally."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads as jax_check_grads
+
+from fnn import gradcheck
+from fnn.gradcheck import GradientCheckError, check_grads, numerical_grad
+
+
+def scaled_gradient(scale):
+    """x ↦ Σ sin(x) whose custom backward pass multiplies the true gradient by ``scale``."""
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sum(jnp.sin(x))
+
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (g * jnp.cos(x) * scale,))
+    return f
+
+
+def model(bug_scale=1.0):
+    buggy = scaled_gradient(bug_scale)
+
+    def loss(params, x):
+        h = jnp.tanh(x @ params["dense"]["w"] + params["dense"]["b"])
+        return jnp.sum(h @ params["out"]) + buggy(params["dense"]["b"])
+
+    rng = np.random.default_rng(0)
+    params = {"dense": {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)},
+              "out": rng.normal(size=3)}
+    return loss, params, rng.normal(size=(5, 4))
+
+
+@pytest.mark.parametrize("mode", ["full", "directional"])
+def test_a_one_percent_bug_on_one_leaf_is_reported_with_its_path(mode):
+    loss, params, x = model(bug_scale=1.01)
+    with pytest.raises(GradientCheckError) as info:
+        check_grads(loss, params, x, mode=mode)
+    report = info.value.report
+    assert report.worst == "args[0]['dense']['b']"
+    assert "args[0]['dense']['b']" in str(info.value)
+    assert report.errors["args[0]['dense']['b']"] > 1e-3
+    others = {k: v for k, v in report.errors.items() if k != "args[0]['dense']['b']"}
+    assert max(others.values()) < 1e-6
+    good, params, x = model(bug_scale=1.0)
+    report = check_grads(good, params, x, mode=mode)
+    assert report.passed and set(report.errors) == {
+        "args[0]['dense']['b']", "args[0]['dense']['w']", "args[0]['out']", "args[1]"}
+
+
+def forward_bug():
+    """A custom_jvp whose derivative is off by 1% (forward mode and, through it, reverse)."""
+    @jax.custom_jvp
+    def f(x):
+        return jnp.exp(x)
+
+    f.defjvp(lambda primals, tangents: (jnp.exp(primals[0]), 1.01 * jnp.exp(primals[0]) * tangents[0]))
+    return lambda x: jnp.sum(f(x) * jnp.arange(1.0, x.size + 1))
+
+
+FUNCTIONS = {
+    "polynomial": (lambda x: jnp.sum(x**3 - 2 * x), True),
+    "matrix": (lambda x: jnp.sum(jnp.linalg.inv(x.reshape(3, 3) + 4 * jnp.eye(3))), True),
+    "vector output": (lambda x: jnp.sin(x) * jnp.cos(x[::-1]), True),
+    "log-sum-exp": (lambda x: jax.nn.logsumexp(x * 3.0), True),
+    "custom_vjp 1% off": (scaled_gradient(1.01), False),
+    "custom_vjp right": (scaled_gradient(1.0), True),
+    "custom_jvp 1% off": (forward_bug(), False),
+    "stop_gradient": (lambda x: jnp.sum(x * jax.lax.stop_gradient(x)), True),  # grad is x, true
+}
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_verdicts_agree_with_jax_test_util(name):
+    f, correct = FUNCTIONS[name]
+    if name == "stop_gradient":  # d/dx (x · sg(x)) is sg(x) = x; finite differences see 2x
+        correct = False
+    x = jnp.asarray(np.random.default_rng(1).uniform(0.2, 0.9, size=9))
+    ours = check_grads(f, x, raise_on_failure=False).passed
+    try:
+        jax_check_grads(f, (x,), order=1, modes=("rev",), eps=1e-5, atol=1e-6, rtol=1e-6)
+        theirs = True
+    except AssertionError:
+        theirs = False
+    assert ours == theirs == correct
+
+
+def test_numerical_grad_against_closed_forms():
+    x = jnp.array([0.3, -1.2, 2.0])
+    np.testing.assert_allclose(numerical_grad(lambda x: jnp.sum(x**3), x), 3 * x**2, rtol=1e-9)
+    tree = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(0.5)}
+    g = numerical_grad(lambda t: jnp.sum(t["a"] ** 2) * jnp.sin(t["b"]), tree)
+    np.testing.assert_allclose(g["a"], 2 * tree["a"] * np.sin(0.5), rtol=1e-9)
+    np.testing.assert_allclose(g["b"], 5 * np.cos(0.5), rtol=1e-9)
+
+
+def test_second_order_check_catches_a_wrong_second_derivative():
+    @jax.custom_jvp
+    def f(x):
+        return jnp.sin(x)
+
+    # right first derivative, but its own derivative is zero (cos(x) is not differentiated)
+    f.defjvp(lambda p, t: (jnp.sin(p[0]), jax.lax.stop_gradient(jnp.cos(p[0])) * t[0]))
+    g = lambda x: jnp.sum(f(x))
+    x = jnp.array([0.3, 0.7, 1.1])
+    assert check_grads(g, x).passed
+    with pytest.raises(GradientCheckError, match="of grad"):
+        check_grads(g, x, order=2)
+    assert check_grads(lambda x: jnp.sum(jnp.sin(x)), x, order=2).passed
+
+
+def test_directional_mode_reports_every_leaf_of_an_mlp():
+    rng = np.random.default_rng(0)
+    sizes = [64, 48, 32, 10]
+    params = [{"w": rng.normal(size=(a, b)) / np.sqrt(a), "b": rng.normal(size=b) * 0.1}
+              for a, b in zip(sizes[:-1], sizes[1:])]
+    x = rng.normal(size=(16, 64))
+    labels = np.arange(16) % 10
+
+    def loss(params):
+        h = x
+        for i, layer in enumerate(params):
+            h = h @ layer["w"] + layer["b"]
+            if i < len(params) - 1:
+                h = jnp.tanh(h)
+        return -jnp.mean(jax.nn.log_softmax(h)[np.arange(16), labels])
+
+    report = check_grads(loss, params, mode="directional", num_directions=3)
+    assert report.passed and len(report.errors) == 6
+    assert str(report).count("args[0]") == 6
+
+
+def test_runs_in_float64_even_when_x64_is_off():
+    with jax.enable_x64(False):
+        x = jnp.ones(3, jnp.float32)
+        assert check_grads(lambda x: jnp.sum(jnp.exp(x)), x).max_error < 1e-8
+
+
+BAD = [
+    (lambda: check_grads(lambda x: x, jnp.ones(2), mode="fast"), ValueError, "mode must be"),
+    (lambda: check_grads(lambda x: x), ValueError, "pass the arguments"),
+    (lambda: check_grads(lambda x: x, jnp.ones(2), argnums=3), ValueError, "argnums"),
+    (lambda: check_grads(lambda x: x, jnp.ones(2), order=3), ValueError, "order must be 1 or 2"),
+    (lambda: check_grads(lambda x: x, jnp.ones(2), eps=0.0), ValueError, "eps and tol"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD)))
+def test_bad_input(index):
+    make, error, message = BAD[index]
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_report_formatting():
+    report = gradcheck.GradCheckReport({"args[0]": 1e-12, "args[1]": 0.5}, 1e-6, "full")
+    assert report.worst == "args[1]" and not report.passed
+    assert "FAIL" in str(report) and str(report).count("\n") == 2
