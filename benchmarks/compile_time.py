@@ -82,6 +82,7 @@ def compile_rows(leaf_counts: Sequence[int], contenders: Mapping[str, JaxContend
         for c, xs in samples.items():
             totals = [sum(x.values()) for x in xs]
             row.values[c] = median(totals)
+            row.samples[c] = totals
             row.notes[c] = " + ".join(f"{median(x[s] for x in xs):.2g}" for s in STAGES)
             row.noise = max(row.noise, spread(totals))
         rows.append(row)

@@ -92,6 +92,7 @@ def step_rows(case: str, optimizers: Sequence[str], contenders: Mapping[str, Any
             row.stream = max(row.stream or 0.0, nbytes / median(samples.pop(kind)) / 1e9)
         for cname, xs in samples.items():
             row.values[cname] = median(xs)
+            row.samples[cname] = xs
             gbs = BYTES_PER_PARAM[name] * n_params / row.values[cname] / 1e9
             row.notes[cname] = f"{gbs:.0f} GB/s"
             if noise_of is None or cname in noise_of:

@@ -14,8 +14,10 @@ Methodology (used by every benchmark in ``run_all.py``):
   rotated by one per repeat, so slow phases of the (shared, noisy) machine hit
   all contenders alike and no contender always runs right after another.
 * The Python garbage collector is off inside a timed block (as in ``timeit``).
-* Reported: the median over repeats of (block time / n). Ratios are ratios of
-  medians.
+* Reported: the median over repeats of (block time / n). Ratios are the median
+  over repeats of the per-repeat ratio (both samples from the same repeat, a few
+  seconds apart), which cancels slow phases of the machine better than a ratio
+  of medians.
 """
 
 from __future__ import annotations
@@ -117,6 +119,16 @@ class Row:
     notes: dict[str, str] = field(default_factory=dict)  # contender -> text after the number
     noise: float = 0.0  # largest spread of the contenders' samples
     stream: float | None = None  # best streaming GB/s measured in the same repeats
+    samples: dict[str, list[float]] = field(default_factory=dict)  # per repeat, for ratios
+
+    def ratio(self, contender: str, baseline: str) -> float:
+        """contender / baseline: the median of the per-repeat ratios when both have
+        samples from the same interleaved repeats (a slow phase of the machine then
+        cancels out), else the ratio of the reported values."""
+        a, b = self.samples.get(contender), self.samples.get(baseline)
+        if a and b and len(a) == len(b):
+            return statistics.median(x / y for x, y in zip(a, b))
+        return self.values[contender] / self.values[baseline]
 
 
 def fmt_number(x: float) -> str:
@@ -137,7 +149,7 @@ def markdown(rows: Sequence[Row], contenders: Sequence[str], baseline: str) -> s
     """The rows as one markdown table: a column per contender, then ratios to ``baseline``.
 
     Time cells are medians (ms or s); a note (e.g. GB/s) follows in parentheses.
-    Ratio columns are contender / baseline of the medians (< 1: faster than baseline).
+    Ratio columns are :meth:`Row.ratio` (< 1: faster than baseline).
     """
     others = [c for c in contenders if c != baseline]
     header = ["benchmark", "case", "what", "unit", *contenders,
@@ -156,10 +168,9 @@ def markdown(rows: Sequence[Row], contenders: Sequence[str], baseline: str) -> s
             else:
                 text = "–"
             cells.append(text)
-        base = row.values.get(baseline)
         for c in others:
-            if c in row.values and base and row.unit != "GB/s":
-                cells.append(fmt_number(row.values[c] / base))
+            if c in row.values and row.values.get(baseline) and row.unit != "GB/s":
+                cells.append(fmt_number(row.ratio(c, baseline)))
             else:
                 cells.append("–")
         cells.append(f"±{100 * row.noise / 2:.0f}%" if row.noise else "")

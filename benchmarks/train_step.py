@@ -103,5 +103,6 @@ def train_rows(contenders: Mapping[str, JaxContender], repeats: int, min_time: f
     row = Row("train", f"mlp {'-'.join(map(str, MLP_SIZES))}, batch {BATCH}", "adam", "ms")
     for c, xs in samples.items():
         row.values[c] = median(xs)
+        row.samples[c] = xs
         row.noise = max(row.noise, spread(xs))
     return [row], reference
