@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import layers as L
 from . import losses
-from .gradcheck import check_grads_many
+from .gradcheck import GradCheckReport, check_grads_many
 
 
 def layer_cases() -> dict[str, tuple[L.Layer, tuple]]:
@@ -45,70 +46,106 @@ def layer_cases() -> dict[str, tuple[L.Layer, tuple]]:
         "LogSoftmax": (L.LogSoftmax(), (4, 3)),
         "serial": (L.serial(L.Dense(4), L.Tanh(), L.Dense(2)), (3, 5)),
         "residual": (L.residual(L.Dense(5), L.Tanh()), (3, 5)),
+        "parallel": (L.parallel(L.Dense(2), L.serial(L.BatchNorm(), L.Elu())), ((3, 4), (5, 2))),
+        "Activation(swish)": (L.Activation(lambda x: x * jax.nn.sigmoid(x), "swish"), (4, 3)),
     }
 
 
-def _input(key: jax.Array, shape: tuple) -> jax.Array:
+def _input(rng: np.random.Generator, shape: tuple) -> np.ndarray:
     """Random inputs away from the kinks at 0 and ±1 (|x| in [0.1, 0.9] ∪ [1.1, 2])."""
-    magnitude = jax.random.uniform(key, shape, jnp.float64, 0.1, 1.9)
-    magnitude = jnp.where(magnitude > 0.9, magnitude + 0.2, magnitude)
-    sign = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, shape), 1.0, -1.0)
-    return sign * magnitude
+    magnitude = rng.uniform(0.1, 1.9, shape)
+    magnitude = np.where(magnitude > 0.9, magnitude + 0.2, magnitude)
+    return np.where(rng.random(shape) < 0.5, -magnitude, magnitude)
 
 
-def layer_objective(layer: L.Layer, state: dict, train: bool, key: jax.Array) -> Callable:
-    """A scalar function of (params, x) that mixes every output of the layer."""
+def random_variables(layer: L.Layer, shape: tuple, rng: np.random.Generator) -> tuple:
+    """Float64 params ~ N(0, 1/fan) and state ~ U(0.5, 1.5) of the layer's shapes.
+
+    Only the shapes come from ``init`` (traced with ``jax.eval_shape``): drawing the
+    values with NumPy costs no compilation, and random running statistics make
+    evaluation mode less trivial than BatchNorm's initial (0, 1).
+    """
+    _, params, state = jax.eval_shape(lambda k: layer.init(k, shape, jnp.float64),
+                                      jax.random.key(0))
+
+    def draw(spec, low=None):
+        if low is not None:
+            return jnp.asarray(rng.uniform(low, low + 1.0, spec.shape))
+        fan = spec.shape[-2] if len(spec.shape) >= 2 else 1
+        return jnp.asarray(rng.normal(0.0, 1.0 / np.sqrt(fan), spec.shape))
+
+    return (jax.tree_util.tree_map(draw, params),
+            jax.tree_util.tree_map(lambda s: draw(s, 0.5), state))
+
+
+def layer_objective(layer: L.Layer, state: dict, train: bool, seed: int = 0) -> Callable:
+    """A scalar function of (params, x) that mixes every output of the layer.
+
+    f = Σᵢ sin(yᵢ) cos(i) over the outputs y (of every output, for ``parallel``);
+    in training, the layer's key (dropout mask) is fixed by ``seed``.
+    """
     def f(params, x):
+        key = jax.random.key(seed) if train else None
         y, _ = layer.apply(params, state, x, key=key, train=train)
-        weights = jnp.cos(jnp.arange(y.size, dtype=jnp.float64)).reshape(y.shape)
+        y = jnp.concatenate([jnp.ravel(v) for v in jax.tree_util.tree_leaves(y)])
+        weights = jnp.cos(jnp.arange(y.size, dtype=y.dtype))
         return jnp.sum(jnp.sin(y) * weights)
     return f
 
 
-def loss_cases(key: jax.Array) -> dict[str, tuple[Callable, tuple]]:
-    logits = jax.random.normal(key, (5, 4), jnp.float64)
-    labels = jnp.array([0, 3, 1, 2, 3])
-    probs = jax.nn.softmax(jax.random.normal(jax.random.fold_in(key, 1), (5, 4), jnp.float64))
-    targets = jax.random.normal(jax.random.fold_in(key, 2), (5, 4), jnp.float64)
-    bits = jax.random.bernoulli(jax.random.fold_in(key, 3), 0.5, (5, 4)).astype(jnp.float64)
+def loss_cases(rng: np.random.Generator) -> dict[str, tuple[Callable, tuple]]:
+    """Every loss and penalty at random float64 arguments (labels held fixed)."""
+    logits = jnp.asarray(rng.normal(size=(5, 4)))
+    labels = jnp.asarray(rng.integers(0, 4, 5))
+    probs = jnp.asarray(rng.dirichlet(np.ones(4), 5))
+    targets = jnp.asarray(rng.normal(size=(5, 4)))
+    bits = jnp.asarray((rng.random((5, 4)) < 0.5).astype(np.float64))
     params = {"w": logits, "b": logits[0]}
     return {
-        "softmax_cross_entropy (int labels)": (lambda z: losses.softmax_cross_entropy(z, labels),
-                                               (logits,)),
+        "softmax_cross_entropy (int labels)": (losses.softmax_cross_entropy, (logits, labels)),
         "softmax_cross_entropy (probabilities)": (
             lambda z: losses.softmax_cross_entropy(z, probs), (logits,)),
         "binary_cross_entropy": (lambda z: losses.binary_cross_entropy(z, bits), (logits,)),
         "mse": (lambda z: losses.mse(z, targets), (logits,)),
         "l2_penalty": (losses.l2_penalty, (params,)),
-        "l1_penalty": (losses.l1_penalty, ({"w": _input(key, (3, 4))},)),
+        "l1_penalty": (losses.l1_penalty, ({"w": jnp.asarray(_input(rng, (3, 4)))},)),
     }
+
+
+def _shape_leaf(s) -> bool:
+    return isinstance(s, tuple) and all(isinstance(d, int) for d in s)
+
+
+def layer_reports(seed: int = 0, tol: float = 1e-6) -> dict[tuple[str, str], GradCheckReport]:
+    """(layer or loss, "train" | "eval" | "-") -> its gradient-check report (every coordinate).
+
+    All checks are compiled as one program (compiling each alone takes longer).
+    """
+    rng = np.random.default_rng(seed)
+    checks = {}
+    with jax.enable_x64(True):
+        for i, (name, (layer, shape)) in enumerate(layer_cases().items()):
+            params, state = random_variables(layer, shape, rng)
+            x = jax.tree_util.tree_map(lambda s: jnp.asarray(_input(rng, s)), shape,
+                                       is_leaf=_shape_leaf)
+            for train in (True, False):
+                f = layer_objective(layer, state, train, seed * 1000 + i)
+                checks[(name, "train" if train else "eval")] = (f, (params, x))
+        for name, (f, args) in loss_cases(rng).items():
+            checks[(name, "-")] = (f, args)
+        reports = check_grads_many({f"{name} ({mode})": check for (name, mode), check in
+                                    checks.items()}, tol=tol, raise_on_failure=False)
+    return dict(zip(checks, reports.values()))
 
 
 def check_all_layers(seed: int = 0, out=None, tol: float = 1e-6) -> bool:
     """Checks every layer (train and eval mode) and loss; prints a table; True if all pass."""
     out = sys.stdout if out is None else out
-    key = jax.random.key(seed)
-    checks, labels = {}, {}
-    with jax.enable_x64(True):
-        for i, (name, (layer, shape)) in enumerate(layer_cases().items()):
-            k = jax.random.fold_in(key, i)
-            _, params, state = layer.init(k, shape, jnp.float64)
-            x = _input(jax.random.fold_in(k, 1), shape)
-            for train in (True, False):
-                label = f"{name} ({'train' if train else 'eval'})"
-                checks[label] = (layer_objective(layer, state, train, jax.random.fold_in(k, 2)),
-                                 (params, x))
-                labels[label] = (name, "train" if train else "eval")
-        for name, (f, args) in loss_cases(jax.random.fold_in(key, 99)).items():
-            checks[name] = (f, args)
-            labels[name] = (name, "-")
-        # one compiled program for all of them (compiling each alone takes ~10× longer)
-        reports = check_grads_many(checks, tol=tol, raise_on_failure=False)
-    rows = [(*labels[label], report) for label, report in reports.items()]
+    reports = layer_reports(seed, tol)
     ok = all(report.passed for report in reports.values())
-    width = max(len(r[0]) for r in rows)
+    width = max(len(name) for name, _ in reports)
     print(f"{'layer or loss':{width}}  mode   worst relative error  leaf", file=out)
-    for name, mode, report in rows:
+    for (name, mode), report in reports.items():
         verdict = "ok" if report.passed else "FAIL"
         print(f"{name:{width}}  {mode:5}  {report.max_error:20.2e}  {report.worst}  {verdict}",
               file=out)

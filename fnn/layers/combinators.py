@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from .base import Layer, ParamsError
+from .base import Layer, ParamsError, named
 
 
 def _children(owner: str, layers: tuple) -> list[tuple[str, Layer]]:
@@ -24,14 +24,21 @@ def _child_key(key, i):
     return None if key is None else jax.random.fold_in(key, i)
 
 
+def _expect_children(owner: str, children: list, params, state) -> None:
+    """ParamsError unless params and state hold exactly the children's names."""
+    names = [name for name, _ in children]
+    for tree, what in ((params, "params"), (state, "state")):
+        if not isinstance(tree, dict) or set(tree) != set(names):
+            found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            missing = sorted(set(names) - set(tree)) if isinstance(tree, dict) else names
+            extra = sorted(set(tree) - set(names)) if isinstance(tree, dict) else []
+            hint = ("pass the state returned by init or by the previous apply" if what == "state"
+                    else "params must come from this model's init")
+            raise ParamsError("", f"{owner} expects {what} with keys {names}; got {found} "
+                                  f"(missing {missing}, unexpected {extra}); {hint}.", what)
+
+
 def _apply_child(name, layer, params, state, x, key, train):
-    if not isinstance(params, dict) or name not in params:
-        found = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ParamsError("", f"missing {name!r}; got keys {found}. Params must come from "
-                              "this model's init.")
-    if not isinstance(state, dict) or name not in state:
-        raise ParamsError("", f"the state is missing {name!r}; pass the state returned by init "
-                              "or by the previous apply.")
     try:
         return layer.apply(params[name], state[name], x, key=key, train=train)
     except ParamsError as error:
@@ -57,13 +64,14 @@ def serial(*layers: Layer) -> Layer:
         return shape, params, state
 
     def apply(params, state, x, *, key=None, train=False):
+        _expect_children("serial", children, params, state)
         new_state = {}
         for i, (name, layer) in enumerate(children):
             x, new_state[name] = _apply_child(name, layer, params, state, x, _child_key(key, i),
                                               train)
         return x, new_state
 
-    return Layer(init, apply, "serial")
+    return named(init, apply, "serial")
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -88,8 +96,10 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(shapes), params, state
 
     def apply(params, state, xs, *, key=None, train=False):
-        if len(xs) != len(children):
-            raise ValueError(f"parallel: expected {len(children)} inputs; got {len(xs)}.")
+        if not isinstance(xs, (tuple, list)) or len(xs) != len(children):
+            got = len(xs) if isinstance(xs, (tuple, list)) else type(xs).__name__
+            raise ValueError(f"parallel: expected a tuple of {len(children)} inputs; got {got}.")
+        _expect_children("parallel", children, params, state)
         outs, new_state = [], {}
         for i, ((name, layer), x) in enumerate(zip(children, xs)):
             y, new_state[name] = _apply_child(name, layer, params, state, x, _child_key(key, i),
@@ -97,7 +107,7 @@ def parallel(*layers: Layer) -> Layer:
             outs.append(y)
         return tuple(outs), new_state
 
-    return Layer(init, apply, "parallel")
+    return named(init, apply, "parallel")
 
 
 def residual(*layers: Layer) -> Layer:
@@ -122,4 +132,4 @@ def residual(*layers: Layer) -> Layer:
         y, state = body.apply(params, state, x, key=key, train=train)
         return x + y, state
 
-    return Layer(init, apply, "residual")
+    return named(init, apply, "residual")

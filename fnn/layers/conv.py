@@ -17,6 +17,7 @@ from .base import (
     expect_keys,
     expect_shape,
     infer_shape,
+    named,
 )
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -36,7 +37,14 @@ def _padding(owner: str, padding):
             raise ValueError(f"{owner}: padding must be 'SAME', 'VALID' or ((top, bottom), (left, "
                              f"right)); got {padding!r}.")
         return padding.upper()
-    return tuple(tuple(p) for p in padding)
+    try:
+        pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pairs = ()
+    if len(pairs) != 2 or any(v < 0 for pair in pairs for v in pair):
+        raise ValueError(f"{owner}: padding must be 'SAME', 'VALID' or ((top, bottom), (left, "
+                         f"right)) of ints >= 0; got {padding!r}.")
+    return pairs
 
 
 def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  # noqa: N802
@@ -85,17 +93,21 @@ def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  
 
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("w", "b"))
-        expect_shape(name, "w", params["w"], (*kernel, x.shape[-1], features))
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected an NHWC input (batch, height, width, channels); "
+                             f"got shape {x.shape}.")
+        expect_shape(name, "w", params["w"], (*kernel, x.shape[-1], features), x=x)
         expect_shape(name, "b", params["b"], (features,))
         return conv(x, params["w"]) + params["b"], state
 
-    return Layer(init, apply, "conv2d")
+    return named(init, apply, "conv2d")
 
 
 def _pool(kind: str, window, stride, padding) -> Layer:
     window = _pair(kind, "window", window)
     strides = _pair(kind, "stride", stride if stride is not None else window)
     pad = _padding(kind, padding)
+    pad = pad if isinstance(pad, str) else ((0, 0), *pad, (0, 0))  # no padding of N and C
     dims, steps = (1, *window, 1), (1, *strides, 1)
     name = f"{kind}({window})"
 
@@ -119,9 +131,12 @@ def _pool(kind: str, window, stride, padding) -> Layer:
         return out, {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected an NHWC input (batch, height, width, channels); "
+                             f"got shape {x.shape}.")
         return pool(x), state
 
-    return Layer(init, apply, kind.lower())
+    return named(init, apply, kind.lower())
 
 
 def MaxPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802

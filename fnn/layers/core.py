@@ -15,8 +15,10 @@ from .base import (
     ParamsError,
     check_float_dtype,
     check_input_shape,
+    check_train,
     expect_keys,
     expect_shape,
+    named,
 )
 
 
@@ -47,11 +49,11 @@ def Dense(features: int, w_init: Callable | None = None,
 
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("w", "b"))
-        expect_shape(name, "w", params["w"], (x.shape[-1], features))
+        expect_shape(name, "w", params["w"], (x.shape[-1], features), x=x)
         expect_shape(name, "b", params["b"], (features,))
         return x @ params["w"] + params["b"], state
 
-    return Layer(init, apply, "dense")
+    return named(init, apply, "dense")
 
 
 def Flatten() -> Layer:  # noqa: N802
@@ -70,9 +72,11 @@ def Flatten() -> Layer:  # noqa: N802
         return (shape[0], size), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        if x.ndim < 2:
+            raise ValueError(f"Flatten: expected an input (batch, d1, ...); got shape {x.shape}.")
         return x.reshape(x.shape[0], -1), state
 
-    return Layer(init, apply, "flatten")
+    return named(init, apply, "flatten")
 
 
 def Dropout(rate: float) -> Layer:  # noqa: N802
@@ -95,7 +99,7 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
         return check_input_shape(name, input_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        if not train or rate == 0.0:
+        if not check_train(name, train) or rate == 0.0:
             return x, state
         if key is None:
             raise ValueError(
@@ -105,7 +109,7 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x)), state
 
-    return Layer(init, apply, "dropout")
+    return named(init, apply, "dropout")
 
 
 def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) -> Layer:  # noqa: N802
@@ -126,7 +130,7 @@ def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) ->
             raise ParamsError("", f"{label} has no params; got {params!r}.")
         return fn(x), state
 
-    return Layer(init, apply, label.lower().replace("_", ""))
+    return named(init, apply, label.lower().replace("_", ""))
 
 
 def Sigmoid() -> Layer:  # noqa: N802

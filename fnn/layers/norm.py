@@ -10,8 +10,10 @@ from .base import (
     ParamsError,
     check_float_dtype,
     check_input_shape,
+    check_train,
     expect_keys,
     expect_shape,
+    named,
 )
 
 
@@ -54,27 +56,27 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
 
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("scale", "offset"))
-        try:
-            expect_keys(name, state, ("mean", "var"), "state")
-        except ParamsError as error:
-            raise ParamsError("", error.detail + " (pass the state returned by init or by the "
-                              "previous apply)") from None
-        for k in ("scale", "offset"):
-            expect_shape(name, k, params[k], (x.shape[-1],))
+        expect_keys(name, state, ("mean", "var"), "state")
+        for tree, k, v in (("params", "scale", params), ("params", "offset", params),
+                           ("state", "mean", state), ("state", "var", state)):
+            expect_shape(name, k, v[k], (x.shape[-1],), tree, x=x)
         axes = tuple(range(x.ndim - 1))
         xc = _compute(x)
-        if train:
+        if check_train(name, train):
+            m = x.size // x.shape[-1]  # values per feature
+            if m < 2:
+                raise ValueError(f"{name}: training needs more than one value per feature to "
+                                 f"estimate a variance; got an input of shape {x.shape}.")
             mean = xc.mean(axes)
-            var = jnp.mean(jnp.square(xc - mean), axes)
-            m = x.size // x.shape[-1]
-            unbiased = var * (m / max(m - 1, 1))
+            var = jnp.mean(jnp.square(xc - mean), axes)  # biased: used to normalize
+            unbiased = var * (m / (m - 1))  # kept in the running average, as torch does
             state = {"mean": _moving(state["mean"], mean), "var": _moving(state["var"], unbiased)}
         else:
             mean, var = _compute(state["mean"]), _compute(state["var"])
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
         return y.astype(x.dtype), state
 
-    return Layer(init, apply, "batchnorm")
+    return named(init, apply, "batchnorm")
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
@@ -101,14 +103,14 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("scale", "offset"))
         for k in ("scale", "offset"):
-            expect_shape(name, k, params[k], (x.shape[-1],))
+            expect_shape(name, k, params[k], (x.shape[-1],), x=x)
         xc = _compute(x)
         mean = xc.mean(-1, keepdims=True)
         var = jnp.mean(jnp.square(xc - mean), -1, keepdims=True)
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
         return y.astype(x.dtype), state
 
-    return Layer(init, apply, "layernorm")
+    return named(init, apply, "layernorm")
 
 
 def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
@@ -149,4 +151,4 @@ def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
         w = (_compute(v) * (_compute(g) / norm(v))).astype(v.dtype)
         return layer.apply({**inner, "w": w}, state, x, key=key, train=train)
 
-    return Layer(init, apply, "weightnorm")
+    return named(init, apply, "weightnorm")

@@ -44,10 +44,43 @@ def test_a_one_percent_bug_on_one_leaf_is_reported_with_its_path(mode):
     assert report.errors["args[0]['dense']['b']"] > 1e-3
     others = {k: v for k, v in report.errors.items() if k != "args[0]['dense']['b']"}
     assert max(others.values()) < 1e-6
+    assert report.forward["args[0]['dense']['b']"] is None  # a custom_vjp has no jvp
     good, params, x = model(bug_scale=1.0)
     report = check_grads(good, params, x, mode=mode)
     assert report.passed and set(report.errors) == {
         "args[0]['dense']['b']", "args[0]['dense']['w']", "args[0]['out']", "args[1]"}
+
+
+def matmul_with_wrong_weight_gradient(scale):
+    """x @ w whose custom backward pass scales dL/dw (but not dL/dx) by ``scale``."""
+    @jax.custom_vjp
+    def matmul(x, w):
+        return x @ w
+
+    matmul.defvjp(lambda x, w: (x @ w, (x, w)), lambda res, g: (g @ res[1].T, scale * res[0].T @ g))
+    return matmul
+
+
+def test_directional_mode_names_the_one_wrong_weight_matrix_of_an_mlp():
+    rng = np.random.default_rng(0)
+    sizes = [30, 20, 10, 5]
+    params = [{"w": rng.normal(size=(a, b)) / np.sqrt(a), "b": rng.normal(size=b) * 0.1}
+              for a, b in zip(sizes[:-1], sizes[1:])]
+    x = rng.normal(size=(8, 30))
+    labels = np.arange(8) % 5
+    buggy = matmul_with_wrong_weight_gradient(1.01)
+
+    def loss(params, x, labels):
+        h = x
+        for i, layer in enumerate(params):
+            h = (buggy(h, layer["w"]) if i == 1 else h @ layer["w"]) + layer["b"]
+            h = jnp.tanh(h) if i < len(params) - 1 else h
+        return -jnp.mean(jax.nn.log_softmax(h)[np.arange(8), labels])
+
+    report = check_grads(loss, params, x, labels, mode="directional", raise_on_failure=False)
+    assert report.worst == "args[0][1]['w']" and report.errors["args[0][1]['w']"] > 1e-3
+    assert all(e < 1e-6 for path, e in report.errors.items() if path != "args[0][1]['w']")
+    assert "args[2]" not in report.errors  # integer labels are held fixed, not checked
 
 
 def forward_bug():
@@ -132,6 +165,14 @@ def test_directional_mode_reports_every_leaf_of_an_mlp():
     assert str(report).count("args[0]") == 6
 
 
+def test_vector_and_pytree_outputs_and_a_wrong_forward_rule():
+    x = jnp.asarray(np.random.default_rng(2).uniform(0.5, 1.5, size=6))
+    assert check_grads(lambda x: {"a": jnp.sin(x), "b": (x[:3] * x[3:], jnp.sum(x**2))}, x).passed
+    report = check_grads(forward_bug(), x, raise_on_failure=False)
+    # a custom_jvp's rule is used by both modes: both disagree with finite differences by 1%
+    assert 5e-3 < report.forward["args[0]"] < 2e-2 and 5e-3 < report.reverse["args[0]"] < 2e-2
+
+
 def test_runs_in_float64_even_when_x64_is_off():
     with jax.enable_x64(False):
         x = jnp.ones(3, jnp.float32)
@@ -144,6 +185,14 @@ BAD = [
     (lambda: check_grads(lambda x: x, jnp.ones(2), argnums=3), ValueError, "argnums"),
     (lambda: check_grads(lambda x: x, jnp.ones(2), order=3), ValueError, "order must be 1 or 2"),
     (lambda: check_grads(lambda x: x, jnp.ones(2), eps=0.0), ValueError, "eps and tol"),
+    (lambda: check_grads(lambda x: x, jnp.ones(2), tol=-1.0), ValueError, "eps and tol"),
+    (lambda: check_grads(lambda x: x, jnp.ones(2), mode="directional", num_directions=0),
+     ValueError, "num_directions must be an int >= 1"),
+    (lambda: check_grads(jnp.ones(2), jnp.ones(2)), TypeError, "f must be a function"),
+    (lambda: gradcheck.check_grads_many([(jnp.sin, (jnp.ones(2),))]), TypeError,
+     "checks must be a dict"),
+    (lambda: numerical_grad(lambda x: x, jnp.ones(2)), ValueError, "f must return a scalar"),
+    (lambda: numerical_grad(jnp.sum, jnp.ones(2), eps=-1e-5), ValueError, "eps must be > 0"),
 ]
 
 
@@ -155,6 +204,11 @@ def test_bad_input(index):
 
 
 def test_report_formatting():
-    report = gradcheck.GradCheckReport({"args[0]": 1e-12, "args[1]": 0.5}, 1e-6, "full")
-    assert report.worst == "args[1]" and not report.passed
-    assert "FAIL" in str(report) and str(report).count("\n") == 2
+    report = gradcheck.GradCheckReport({"args[0]": 1e-12, "args[1]": 0.5}, 1e-6, "full",
+                                       {"args[0]": 1e-12, "args[1]": 0.5},
+                                       {"args[0]": 1e-13, "args[1]": None})
+    assert report.worst == "args[1]" and not report.passed and report.max_error == 0.5
+    text = str(report)
+    assert text.count("FAIL") == 1 and text.count("\n") == 2 and "5.00e-01" in text
+    error = GradientCheckError(report, "my loss")
+    assert "gradient check of 'my loss' failed: args[1] has relative error 5.000e-01" in str(error)
