@@ -299,7 +299,7 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
 def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
     """Loss and evaluation functions for a classifier built from fnn layers.
 
-    loss = softmax cross-entropy(model(x), y) + l2 · ½Σw² (weights only, see
+    loss = softmax cross-entropy(model(x), y) + l2 · Σw² (weights only, see
     ``fnn.losses.l2_penalty``); metrics: accuracy. The evaluation function runs
     the model in evaluation mode (running BatchNorm statistics, no dropout).
 
