@@ -1,69 +1,124 @@
-"""Argument checks shared by the initializers: keys, shapes, dtypes."""
+"""What an initializer is, and the argument checks shared by all of them.
+
+Every check raises at the call that received the bad argument, eagerly (shapes
+and dtypes are static), with a message naming the function, the argument,
+what was expected and what was given.
+"""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+class Initializer(Protocol):
+    """``(key, shape, dtype=jnp.float32) -> array``: the signature of ``jax.nn.initializers``."""
+
+    def __call__(self, key: jax.Array, shape: Sequence[int],
+                 dtype: Any = jnp.float32) -> jax.Array: ...
+
+
+FLOAT_DTYPES = "float32, float64, bfloat16 or float16"
+
+
 def check_key(owner: str, key: Any) -> None:
-    """Raises TypeError unless ``key`` is a PRNG key (typed, or a legacy uint32[2] key)."""
-    if isinstance(key, jax.Array):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            return
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return
-    hint = f" jax.random.key({key})" if isinstance(key, (int, np.integer)) else " jax.random.key(0)"
-    raise TypeError(
-        f"{owner}: key must be a JAX PRNG key, e.g.{hint}; got {type(key).__name__} {key!r}."
-    )
+    """TypeError unless ``key`` is one PRNG key (typed, or a legacy uint32[2] key).
+
+    A batch of keys is a ValueError that points at ``jax.vmap``.
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if isinstance(key, (jax.Array, np.ndarray)) and dtype is not None:
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if shape == ():
+                return
+            raise ValueError(f"{owner}: key must be a single PRNG key; got a batch of keys of "
+                             f"shape {shape} (use jax.vmap over the keys to draw a batch).")
+        if dtype == np.uint32 and len(shape) >= 1 and shape[-1] == 2:
+            if shape == (2,):
+                return
+            raise ValueError(f"{owner}: key must be a single PRNG key; got a batch of legacy keys "
+                             f"of shape {shape} (use jax.vmap over the keys to draw a batch).")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        hint = f"jax.random.key({int(key)}), not the seed {int(key)} itself"
+    else:
+        hint = "jax.random.key(0)"
+    described = f"{type(key).__name__}" + (f" of dtype {dtype} and shape {shape}"
+                                           if dtype is not None and shape is not None else
+                                           f" {key!r}")
+    raise TypeError(f"{owner}: key must be a JAX PRNG key, e.g. {hint}; got {described}.")
 
 
 def check_shape(owner: str, shape: Any) -> tuple[int, ...]:
-    """The shape as a tuple of non-negative ints, or a ValueError naming it."""
-    if isinstance(shape, (int, np.integer)):
+    """The shape as a tuple of non-negative ints (an int n means (n,))."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),)
     try:
         dims = tuple(shape)
     except TypeError:
-        raise TypeError(f"{owner}: shape must be a tuple of ints; got {shape!r}.") from None
+        raise TypeError(f"{owner}: shape must be a tuple of non-negative ints, e.g. (784, 256); "
+                        f"got {shape!r}.") from None
     if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
                for d in dims):
-        raise ValueError(f"{owner}: shape must hold non-negative ints; got {shape!r}.")
+        raise ValueError(f"{owner}: shape must be a tuple of non-negative ints, e.g. (784, 256); "
+                         f"got {shape!r}.")
     return tuple(int(d) for d in dims)
 
 
-def check_dtype(owner: str, dtype: Any) -> jnp.dtype:
-    """The dtype, which must be floating point (float32, float64, bfloat16, float16, …)."""
+def check_dtype(owner: str, dtype: Any) -> np.dtype:
+    """The dtype, which must be a real floating-point dtype."""
+    if dtype is None:
+        raise TypeError(f"{owner}: dtype must be a floating-point dtype ({FLOAT_DTYPES}); "
+                        "got None.")
     try:
         dtype = jnp.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{owner}: {dtype!r} is not a dtype.") from None
+        raise TypeError(f"{owner}: dtype must be a floating-point dtype ({FLOAT_DTYPES}); "
+                        f"got {dtype!r}, which is not a dtype.") from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{owner}: dtype must be a floating-point dtype (float32, float64, bfloat16, float16); "
-            f"got {dtype.name}."
-        )
+        raise TypeError(f"{owner}: dtype must be a floating-point dtype ({FLOAT_DTYPES}); "
+                        f"got {dtype.name}.")
     return dtype
 
 
-def check_non_negative(owner: str, name: str, value: float) -> None:
-    if not isinstance(value, jax.core.Tracer) and not float(value) >= 0:
+def _is_tracer(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def check_number(owner: str, name: str, value: Any, *, non_negative: bool = False) -> None:
+    """TypeError unless ``value`` is a real number (or a scalar array, or a tracer, unchecked);
+    ValueError if ``non_negative`` and it is negative or NaN."""
+    if _is_tracer(value):
+        return
+    is_scalar_array = isinstance(value, (jax.Array, np.ndarray, np.generic)) and (
+        np.ndim(value) == 0 and (jnp.issubdtype(value.dtype, jnp.floating)
+                                 or jnp.issubdtype(value.dtype, jnp.integer)))
+    if not (is_scalar_array or (isinstance(value, numbers.Real) and not isinstance(value, bool))):
+        raise TypeError(f"{owner}: {name} must be a real number; got {value!r}.")
+    if non_negative and not float(value) >= 0:
         raise ValueError(f"{owner}: {name} must be >= 0; got {value!r}.")
 
 
-def normalize_axes(owner: str, shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
+def check_axis(owner: str, name: str, axis: Any) -> None:
+    """TypeError unless ``axis`` is an int."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{owner}: {name} must be an int axis; got {axis!r}.")
+
+
+def normalize_axes(owner: str, shape: Sequence[int], axes: Sequence[int],
+                   names: Sequence[str]) -> tuple[int, ...]:
+    """Each axis as a non-negative index into ``shape``, or a ValueError naming it."""
     rank = len(shape)
     out = []
-    for axis in axes:
+    for axis, name in zip(axes, names):
         if not -rank <= axis < rank:
-            raise ValueError(
-                f"{owner}: cannot compute fans of shape {tuple(shape)}: axis {axis} is out of "
-                f"range for rank {rank}."
-            )
+            raise ValueError(f"{owner}: cannot compute fans of shape {tuple(shape)}: {name}={axis} "
+                             f"is out of range for rank {rank} (expected {-rank} <= {name} < "
+                             f"{rank}).")
         out.append(axis % rank)
     return tuple(out)

@@ -1,4 +1,4 @@
-"""Constant and plain random initializers."""
+"""Constant and plain random initializers (no fans involved)."""
 
 from __future__ import annotations
 
@@ -8,91 +8,153 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_dtype, check_key, check_non_negative, check_shape
-from .variance_scaling import Initializer
+from ._checks import Initializer, check_dtype, check_key, check_number, check_shape
+
+
+def _prepare(owner: str, key: Any, shape: Any, dtype: Any) -> tuple[tuple[int, ...], Any, Any]:
+    """Checks the call's arguments; returns (shape, dtype, the dtype to sample in)."""
+    check_key(owner, key)
+    shape = check_shape(owner, shape)
+    dtype = check_dtype(owner, dtype)
+    return shape, dtype, jnp.promote_types(dtype, jnp.float32)
 
 
 def constant(value: float) -> Initializer:
-    """Every entry equal to ``value``.
+    """Every entry equal to ``value``: w = c.
+
+    Args:
+      value: the constant c (a real number).
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``; the key is
+      checked and otherwise unused.
 
     Example:
-        >>> b = init.constant(0.1)(jax.random.key(0), (10,))
+      >>> init.constant(0.1)(jax.random.key(0), (3,))
+      Array([0.1, 0.1, 0.1], dtype=float32)
     """
+    check_number("constant", "value", value)
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        check_key("constant", key)
-        return jnp.full(check_shape("constant", shape), value, check_dtype("constant", dtype))
+        shape, dtype, _ = _prepare("constant", key, shape, dtype)
+        return jnp.full(shape, value, dtype)
 
     return initializer
 
 
 def zeros() -> Initializer:
-    """All zeros (the default for biases). Example: ``init.zeros()(key, (10,))``."""
+    """All zeros, w = 0: the default for biases (and the wrong choice for weights).
+
+    Zero weights give every hidden unit of a layer the same output and the same
+    gradient, so the units never become different (the symmetry is never broken).
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``.
+
+    Example:
+      >>> init.zeros()(jax.random.key(0), (2,))
+      Array([0., 0.], dtype=float32)
+    """
     return constant(0.0)
 
 
 def ones() -> Initializer:
-    """All ones (the default for normalization scales). Example: ``init.ones()(key, (10,))``."""
+    """All ones, w = 1: the default for normalization scales.
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``.
+
+    Example:
+      >>> init.ones()(jax.random.key(0), (2,))
+      Array([1., 1.], dtype=float32)
+    """
     return constant(1.0)
 
 
 def normal(stddev: float = 0.01, mean: float = 0.0) -> Initializer:
-    """N(mean, stddev²), e.g. the course notes' ``0.01 · randn``.
+    """Gaussian weights: w ~ N(mean, stddev²), e.g. the classic ``0.01 · randn``.
+
+    Args:
+      stddev: the standard deviation, ≥ 0.
+      mean: the mean.
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``.
 
     Example:
-        >>> w = init.normal(0.01)(jax.random.key(0), (64, 32))
+      >>> w = init.normal(0.01)(jax.random.key(0), (64, 32))
     """
-    check_non_negative("normal", "stddev", stddev)
+    check_number("normal", "stddev", stddev, non_negative=True)
+    check_number("normal", "mean", mean)
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        check_key("normal", key)
-        dtype = check_dtype("normal", dtype)
-        sample = jax.random.normal(key, check_shape("normal", shape), jnp.promote_types(
-            dtype, jnp.float32))
-        return (mean + stddev * sample).astype(dtype)
+        shape, dtype, work = _prepare("normal", key, shape, dtype)
+        return (mean + stddev * jax.random.normal(key, shape, work)).astype(dtype)
 
     return initializer
 
 
 def uniform(low: float = -0.05, high: float = 0.05) -> Initializer:
-    """U[low, high).
+    """Uniform weights: w ~ U[low, high), mean (low + high)/2, variance (high − low)²/12.
+
+    Args:
+      low: the lower bound (included).
+      high: the upper bound (excluded), > low.
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``.
 
     Example:
-        >>> w = init.uniform(-0.1, 0.1)(jax.random.key(0), (64, 32))
+      >>> w = init.uniform(-0.1, 0.1)(jax.random.key(0), (64, 32))
+      >>> bool(abs(w).max() <= 0.1)
+      True
     """
-    if not isinstance(low, jax.core.Tracer) and not float(low) < float(high):
-        raise ValueError(f"uniform: need low < high; got low={low!r}, high={high!r}.")
+    check_number("uniform", "low", low)
+    check_number("uniform", "high", high)
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in (low, high))
+    if concrete and not float(low) < float(high):
+        raise ValueError(f"uniform: low must be < high; got low={low!r}, high={high!r}.")
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        check_key("uniform", key)
-        dtype = check_dtype("uniform", dtype)
-        sample_dtype = jnp.promote_types(dtype, jnp.float32)
-        return jax.random.uniform(key, check_shape("uniform", shape), sample_dtype, low,
-                                  high).astype(dtype)
+        shape, dtype, work = _prepare("uniform", key, shape, dtype)
+        return jax.random.uniform(key, shape, work, low, high).astype(dtype)
 
     return initializer
 
 
 def truncated_normal(stddev: float = 0.01, lower: float = -2.0, upper: float = 2.0) -> Initializer:
-    """N(0, stddev²) cut to [lower·stddev, upper·stddev] (redrawn, not clipped).
+    """w = stddev · z with z ~ N(0, 1) restricted to [lower, upper] (redrawn, not clipped).
 
-    ``stddev`` is that of the normal before the cut, as in
-    ``jax.nn.initializers.truncated_normal``; the cut shrinks the variance (by
-    0.8796² for ±2). Use ``variance_scaling(..., "truncated_normal")`` for a
-    corrected variance.
+    ``stddev`` is that of the normal *before* the cut, as in
+    ``jax.nn.initializers.truncated_normal`` and ``tf.keras``' TruncatedNormal:
+    |w| ≤ 2·stddev for the default cut, and the variance is smaller than
+    stddev² (by the factor 0.87962566² ≈ 0.774 for [−2, 2]). For weights with
+    exactly a requested variance use ``variance_scaling(..., "truncated_normal")``.
+
+    Args:
+      stddev: the standard deviation of the normal before truncation, ≥ 0.
+      lower: the lower cut, in units of stddev.
+      upper: the upper cut, in units of stddev, > lower.
+
+    Returns:
+      An initializer ``(key, shape, dtype=jnp.float32) -> array``.
 
     Example:
-        >>> w = init.truncated_normal(0.02)(jax.random.key(0), (64, 32))
+      >>> w = init.truncated_normal(0.02)(jax.random.key(0), (64, 32))
+      >>> bool(abs(w).max() <= 0.04)
+      True
     """
-    check_non_negative("truncated_normal", "stddev", stddev)
-    if not float(lower) < float(upper):
-        raise ValueError(f"truncated_normal: need lower < upper; got {lower!r}, {upper!r}.")
+    check_number("truncated_normal", "stddev", stddev, non_negative=True)
+    check_number("truncated_normal", "lower", lower)
+    check_number("truncated_normal", "upper", upper)
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in (lower, upper))
+    if concrete and not float(lower) < float(upper):
+        raise ValueError(f"truncated_normal: lower must be < upper; got lower={lower!r}, "
+                         f"upper={upper!r}.")
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        check_key("truncated_normal", key)
-        dtype = check_dtype("truncated_normal", dtype)
-        sample = jax.random.truncated_normal(key, lower, upper, check_shape(
-            "truncated_normal", shape), jnp.promote_types(dtype, jnp.float32))
+        shape, dtype, work = _prepare("truncated_normal", key, shape, dtype)
+        sample = jax.random.truncated_normal(key, lower, upper, shape, work)
         return (stddev * sample).astype(dtype)
 
     return initializer
