@@ -1,15 +1,23 @@
 """Gradient checkers side by side on a 784-1024-384-10 tanh MLP (1.2M float64 params, batch 32).
 
 Times, in one process and interleaved, each checker from a cold start (a fresh
-function, so compilation is included) on the same loss:
+loss function and ``jax.clear_caches()``, so tracing and compilation are
+included every time) on the same softmax cross-entropy loss:
 
-* ``fnn.gradcheck.check_grads(mode="directional")``: per-leaf errors;
-* ``jax.test_util.check_grads(order=1, modes=("rev",))``: one verdict;
+* ``fnn.gradcheck.check_grads(mode="directional")``: reverse and forward mode
+  against centered differences along 2 random unit directions per leaf; reports
+  the relative error of each of the 6 leaves;
+* ``jax.test_util.check_grads`` with ``modes=("rev",)`` and with its default
+  ``modes=("fwd", "rev")`` (the like-for-like row: fnn checks both modes), step
+  eps=1e-5 as fnn's (its float64 default 1e-4 fails this correct model); one
+  verdict;
 * ``torch.autograd.gradcheck(fast_mode=True)`` (if torch is installed): one verdict.
 
-Run::
+Prints the median and min of the cold runs and each checker's median time over
+fnn's (the median of the per-repeat ratios, robust to slow phases of a shared
+machine), then fnn's per-leaf report. Run::
 
-    python benchmarks/gradcheck.py [--repeats 5]
+    python benchmarks/gradcheck.py [--repeats 7]
 """
 
 from __future__ import annotations
@@ -54,18 +62,20 @@ def make_jax_loss(x, y):
 
 def run_fnn(params, x, y):
     report = check_grads(make_jax_loss(x, y), params, mode="directional")
-    return report.passed, len(report.errors)
+    return report.passed, len(report.errors), report
 
 
-def run_jax(params, x, y):
-    from jax.test_util import check_grads as jax_check_grads
+def jax_checker(modes):
+    def run(params, x, y):
+        from jax.test_util import check_grads as jax_check_grads
 
-    try:  # the same step as fnn's (its default, 1e-4 for float64, fails this correct model)
-        jax_check_grads(make_jax_loss(x, y), (jax.tree_util.tree_map(jnp.asarray, params),),
-                        order=1, modes=("rev",), eps=1e-5)
-    except AssertionError:
-        return False, 1
-    return True, 1
+        try:
+            jax_check_grads(make_jax_loss(x, y), (jax.tree_util.tree_map(jnp.asarray, params),),
+                            order=1, modes=modes, eps=1e-5)
+        except AssertionError:
+            return False, 1, None
+        return True, 1, None
+    return run
 
 
 def run_torch(params, x, y):
@@ -83,37 +93,45 @@ def run_torch(params, x, y):
                 h = torch.tanh(h)
         return torch.nn.functional.cross_entropy(h, ty)
 
-    return torch.autograd.gradcheck(loss, tensors, fast_mode=True), 1
+    return torch.autograd.gradcheck(loss, tensors, fast_mode=True), 1, None
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     params, x, y = problem()
-    contenders = {"fnn check_grads (directional, per leaf)": run_fnn,
-                  "jax.test_util.check_grads": run_jax}
+    contenders = {"fnn check_grads (directional: rev + fwd, per leaf)": run_fnn,
+                  "jax.test_util.check_grads (rev)": jax_checker(("rev",)),
+                  "jax.test_util.check_grads (fwd + rev, its default)": jax_checker(("fwd", "rev"))}
     try:
-        import torch  # noqa: F401
+        import torch
 
+        torch.set_num_threads(2)
         contenders["torch.autograd.gradcheck (fast_mode)"] = run_torch
     except ImportError:
         print("torch not installed: skipping torch.autograd.gradcheck")
+    run_fnn(params, x, y)  # warm up the libraries themselves (first-call imports)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     verdicts = {}
     for _ in range(args.repeats):
         for name, run in contenders.items():
-            jax.clear_caches()  # cold start: compilation included every time
+            jax.clear_caches()  # cold start: tracing and compilation included every time
             start = time.perf_counter()
             verdicts[name] = run(params, x, y)
             times[name].append(time.perf_counter() - start)
-    print(f"MLP {'-'.join(map(str, SIZES))}, tanh, float64, batch 32, "
-          f"{sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:])):,} params; "
-          f"median of {args.repeats} cold runs\n")
-    print("| checker | median (s) | passed | leaves reported |\n|---|---:|---|---:|")
+    fnn_name = next(iter(contenders))
+    n_params = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))
+    print(f"MLP {'-'.join(map(str, SIZES))}, tanh, float64, batch 32, {n_params:,} params; "
+          f"{args.repeats} cold runs each, interleaved; jax {jax.__version__}\n")
+    print("| checker | median (s) | min (s) | time / fnn | passed | leaves reported |\n"
+          "|---|---:|---:|---:|---|---:|")
     for name in contenders:
-        passed, leaves = verdicts[name]
-        print(f"| {name} | {statistics.median(times[name]):.2f} | {passed} | {leaves} |")
+        passed, leaves, _ = verdicts[name]
+        ratio = statistics.median(t / f for t, f in zip(times[name], times[fnn_name]))
+        print(f"| {name} | {statistics.median(times[name]):.2f} | {min(times[name]):.2f} | "
+              f"{ratio:.2f} | {passed} | {leaves} |")
+    print(f"\nfnn's report:\n{verdicts[fnn_name][2]}")
 
 
 if __name__ == "__main__":
