@@ -48,7 +48,11 @@ def _apply_child(name, layer, params, state, x, key, train):
 def serial(*layers: Layer) -> Layer:
     """Layers one after another: y = f_n(… f_2(f_1(x))).
 
-    Children's params and state are nested under ``"<index>_<name>"``.
+    Children's params and state are nested under ``"<index>_<name>"``; child i
+    gets the key ``fold_in(key, i)``.
+
+    Args:
+      *layers: the layers, applied in order.
 
     Example:
         >>> model = fnn.serial(fnn.Dense(256), fnn.Relu(), fnn.Dense(10))
@@ -76,6 +80,9 @@ def serial(*layers: Layer) -> Layer:
 
 def parallel(*layers: Layer) -> Layer:
     """Layers side by side on a tuple of inputs: (x_1, …, x_n) → (f_1(x_1), …, f_n(x_n)).
+
+    Args:
+      *layers: one layer per input; ``init`` takes a tuple of input shapes.
 
     Example:
         >>> both = fnn.parallel(fnn.Dense(8), fnn.Dense(4))
@@ -113,7 +120,8 @@ def parallel(*layers: Layer) -> Layer:
 def residual(*layers: Layer) -> Layer:
     """A residual block: y = x + f(x), with f = serial(*layers) (He et al. 2016).
 
-    f must keep the shape of its input.
+    Args:
+      *layers: the body f = serial(*layers); it must keep the shape of its input.
 
     Example:
         >>> block = fnn.residual(fnn.Dense(64), fnn.Relu(), fnn.Dense(64))

@@ -54,9 +54,19 @@ def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  
     y[n, i, j, o] = Σ_{di, dj, c} x[n, s·i + d·di, s·j + d·dj, c] · w[di, dj, c, o] + b[o]
     (s stride, d dilation, x padded first).
 
-    NHWC inputs, HWIO kernel ``w`` of shape (kh, kw, in, features), bias ``b``
-    (features,). ``padding`` is "SAME", "VALID" or explicit pairs. Defaults:
-    W ~ Xavier uniform with conv fans (receptive field × channels), b = 0.
+    Args:
+      features: output channels.
+      kernel_size: an int or (kh, kw).
+      stride: an int or a pair.
+      padding: "SAME" (output size ⌈input / stride⌉), "VALID" (no padding) or
+        explicit ((top, bottom), (left, right)).
+      dilation: an int or a pair (spacing of the kernel taps).
+      w_init: initializer of the HWIO kernel ``w`` (kh, kw, in, features);
+        default ``init.xavier_uniform()`` (fans include the receptive field).
+      b_init: initializer of ``b`` (features,); default ``init.zeros()``.
+
+    Returns:
+      A :class:`Layer` for NHWC inputs with params ``{"w", "b"}``.
 
     Example:
         >>> fnn.Conv2D(32, 3).init(key, (-1, 28, 28, 1))[0]   # (-1, 28, 28, 32)
@@ -142,7 +152,11 @@ def _pool(kind: str, window, stride, padding) -> Layer:
 def MaxPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802
     """Max over ``window`` patches: y[n, i, j, c] = max x[n, s·i + di, s·j + dj, c].
 
-    ``stride`` defaults to ``window`` (non-overlapping).
+    Args:
+      window: an int or (wh, ww).
+      stride: an int or a pair; default ``window`` (non-overlapping).
+      padding: "VALID", "SAME" or ((top, bottom), (left, right)); padded
+        positions never win the max.
 
     Example:
         >>> fnn.MaxPool2D(2).init(key, (-1, 28, 28, 8))[0]   # (-1, 14, 14, 8)
@@ -151,7 +165,10 @@ def MaxPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802
 
 
 def AvgPool2D(window=2, stride=None, padding="VALID") -> Layer:  # noqa: N802
-    """Mean over ``window`` patches (with SAME padding, over the positions inside the input).
+    """Mean over ``window`` patches: y[n, i, j, c] = mean x[n, s·i + di, s·j + dj, c].
+
+    With padding the mean is over the positions inside the input (torch's
+    ``count_include_pad=False``). Arguments as :func:`MaxPool2D`.
 
     Example:
         >>> fnn.AvgPool2D(2).init(key, (-1, 28, 28, 8))[0]   # (-1, 14, 14, 8)

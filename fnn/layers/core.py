@@ -26,8 +26,14 @@ def Dense(features: int, w_init: Callable | None = None,
           b_init: Callable | None = None) -> Layer:  # noqa: N802 - layers are CamelCase
     """Fully connected layer: y = x W + b over the last axis.
 
-    Params ``{"w": (in, features), "b": (features,)}``; defaults W ~ Xavier
-    uniform, b = 0.
+    Args:
+      features: the number of outputs.
+      w_init: initializer ``(key, shape, dtype) -> array`` of ``w`` (in, features);
+        default ``init.xavier_uniform()``.
+      b_init: initializer of ``b`` (features,); default ``init.zeros()``.
+
+    Returns:
+      A :class:`Layer` with params ``{"w", "b"}`` and no state.
 
     Example:
         >>> out_shape, params, state = fnn.Dense(10).init(key, (-1, 64))   # (-1, 10)
@@ -82,9 +88,16 @@ def Flatten() -> Layer:  # noqa: N802
 def Dropout(rate: float) -> Layer:  # noqa: N802
     """Inverted dropout: in training, y = x·m / (1 − rate) with m ~ Bernoulli(1 − rate).
 
-    ``rate`` is the probability of dropping a unit. The expected value of y is
-    x, so evaluation (``train=False``) is the identity and needs no key.
-    Training needs a key: ``model.apply(params, state, x, key=key, train=True)``.
+    The expected value of y is x, so evaluation (``train=False``) is the
+    identity and needs no key. Training needs a key:
+    ``model.apply(params, state, x, key=key, train=True)``.
+
+    Args:
+      rate: the probability of dropping a unit, in [0, 1) (the source texts'
+        keep probability p is 1 − rate).
+
+    Returns:
+      A parameter-free, stateless :class:`Layer`.
 
     Example:
         >>> y, _ = fnn.Dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
@@ -113,7 +126,16 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
 
 
 def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) -> Layer:  # noqa: N802
-    """A parameter-free layer applying ``fn`` elementwise (or along the last axis).
+    """A parameter-free layer applying ``fn``: y = fn(x).
+
+    Every activation layer (``Relu()``, ``Tanh()``, …) is one of these.
+
+    Args:
+      fn: an array function (elementwise, or along the last axis like softmax).
+      name: the layer's name in its parent's params (default: ``fn.__name__``).
+
+    Returns:
+      A parameter-free, stateless :class:`Layer`.
 
     Example:
         >>> swish = fnn.Activation(lambda x: x * jax.nn.sigmoid(x), "swish")

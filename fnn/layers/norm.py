@@ -34,6 +34,10 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
     Conv2D (B, H, W, C). Params ``{"scale": γ = 1, "offset": β = 0}``, state
     ``{"mean": 0, "var": 1}``.
 
+    Args:
+      decay: d in [0, 1], the weight of the old running average.
+      eps: ε > 0, added to the variance inside the square root.
+
     Example:
         >>> y, state = fnn.BatchNorm().apply(params, state, x, train=True)
     """
@@ -86,6 +90,9 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
     The same computation in training and evaluation; no state. Params
     ``{"scale": γ = 1, "offset": β = 0}``.
 
+    Args:
+      eps: ε > 0, added to the variance inside the square root.
+
     Example:
         >>> fnn.LayerNorm().init(key, (-1, 128))
     """
@@ -120,6 +127,10 @@ def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
     last), so the direction v and the length g are learned separately. Params:
     the inner layer's, with ``w`` replaced by ``v`` (initialized to the inner
     initializer's w) and ``g`` (initialized to ‖w‖, so the initial w is unchanged).
+
+    Args:
+      layer: a layer with a weight ``w`` whose last axis is the output units
+        (``Dense``, ``Conv2D``).
 
     Example:
         >>> fnn.WeightNorm(fnn.Dense(64)).init(key, (-1, 32))
