@@ -80,11 +80,6 @@ def prepare(f: Callable, args: tuple, argnums: tuple, mode: str, num_directions:
     return Case(f, args, argnums, names, sizes, directions)
 
 
-def _relative(a: jax.Array, n: jax.Array, tiny: float) -> jax.Array:
-    scale = jnp.maximum(jnp.maximum(jnp.linalg.norm(a), jnp.linalg.norm(n)), tiny)
-    return jnp.linalg.norm(a - n) / scale
-
-
 def _flat_function(case: Case, args: tuple) -> tuple[Callable, jax.Array]:
     """f as a function of the flat vector θ of the checked leaves (float64 output), and θ."""
     all_leaves = jax.tree_util.tree_leaves(args)
@@ -112,9 +107,22 @@ def _has_forward_mode(case: Case) -> bool:
     return True
 
 
-def _case_errors(case: Case, args: tuple, directions: jax.Array, *, forward_mode: bool,
-                 mode: str, eps: float, tiny: float, batch_size: int, seed: int) -> jax.Array:
-    """The per-leaf relative errors of one case (traced inside the one jit of :func:`_run`)."""
+# per-leaf statistics the program returns (norms over the leaf's coordinates or directions)
+STATS = ("reverse_gap", "reverse", "numeric", "forward_gap", "forward", "noise", "count",
+         "gradient")
+
+
+def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode: bool,
+                mode: str, eps: float, batch_size: int, seed: int) -> jax.Array:
+    """Per leaf the norms ``STATS`` (traced inside the one jit of :func:`run`).
+
+    With a = ⟨Jᵀw, u⟩ (reverse), t = ⟨w, J u⟩ (forward), n = ⟨w, f(θ + εu) −
+    f(θ − εu)⟩ / 2ε and n₂ the same with step 2ε, over the leaf's directions u:
+    ‖a − n‖, ‖a‖, ‖n‖, ‖t − n‖, ‖t‖, ‖n − n₂‖ (the differences' own error:
+    rounding grows as ε shrinks and truncation as ε grows, so n₂ moves from n
+    about as much as n is off), the number of directions and ‖Jᵀw‖ over every
+    checked leaf (the scale of the analytic values' rounding).
+    """
     f_flat, theta = _flat_function(case, args)
     total, n_leaves = theta.size, len(case.sizes)
 
@@ -124,12 +132,13 @@ def _case_errors(case: Case, args: tuple, directions: jax.Array, *, forward_mode
          jnp.asarray(np.random.default_rng(seed + 1).standard_normal(value.shape)))
     (reverse,) = pullback(w)  # Jᵀ w
     forward = jax.linearize(f_flat, theta)[1] if forward_mode else None
+    steps = jnp.array([eps, -eps, 2 * eps, -2 * eps])
 
     def numeric_and_forward(u):
-        """⟨w, centered difference along u⟩ and ⟨w, J u⟩ (0 without forward mode)."""
-        difference = f_flat(theta + eps * u) - f_flat(theta - eps * u)
+        """n, n₂ and ⟨w, J u⟩ (0 without forward mode) along u."""
+        values = jax.vmap(lambda step: jnp.vdot(w, f_flat(theta + step * u)))(steps)
         tangent = jnp.vdot(w, forward(u)) if forward is not None else jnp.zeros(())
-        return jnp.vdot(w, difference) / (2 * eps), tangent
+        return (values[0] - values[1]) / (2 * eps), (values[2] - values[3]) / (4 * eps), tangent
 
     starts = np.concatenate([[0], np.cumsum(case.sizes)]).astype(int)
     if mode == "full":  # u = e_i for every coordinate; analytic (Jᵀw)_i
@@ -137,9 +146,10 @@ def _case_errors(case: Case, args: tuple, directions: jax.Array, *, forward_mode
             return numeric_and_forward(jax.nn.one_hot(i, total, dtype=theta.dtype))
 
         if total <= batch_size:  # all at once, with no loop in the program
-            numeric, tangent = jax.vmap(coordinate)(jnp.arange(total))
+            numeric, numeric2, tangent = jax.vmap(coordinate)(jnp.arange(total))
         else:
-            numeric, tangent = jax.lax.map(coordinate, jnp.arange(total), batch_size=batch_size)
+            numeric, numeric2, tangent = jax.lax.map(coordinate, jnp.arange(total),
+                                                     batch_size=batch_size)
         analytic = reverse
         bounds = starts
     else:  # u: num_directions random unit vectors inside each leaf
@@ -153,45 +163,48 @@ def _case_errors(case: Case, args: tuple, directions: jax.Array, *, forward_mode
             return (*numeric_and_forward(u), jnp.vdot(reverse, u))
 
         # one row at a time (a scan): each row is a few evaluations of f, reusing memory
-        numeric, tangent, analytic = jax.lax.map(row, jnp.arange(n_leaves * num_directions))
+        numeric, numeric2, tangent, analytic = jax.lax.map(row,
+                                                           jnp.arange(n_leaves * num_directions))
         bounds = np.arange(n_leaves + 1) * num_directions
-    errors = []  # per leaf: (reverse mode vs numeric, forward mode vs numeric)
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        errors.append(jnp.stack([
-            _relative(analytic[s:e], numeric[s:e], tiny),
-            _relative(tangent[s:e], numeric[s:e], tiny) if forward is not None else -1.0]))
-    return jnp.stack(errors) if errors else jnp.zeros((0, 2))
+    norm, gradient = jnp.linalg.norm, jnp.linalg.norm(reverse)
+    rows = [jnp.stack([norm(a - n), norm(a), norm(n), norm(t - n), norm(t), norm(n - n2),
+                       jnp.asarray(a.size, a.dtype), gradient])
+            for a, n, n2, t in ((analytic[s:e], numeric[s:e], numeric2[s:e], tangent[s:e])
+                                for s, e in zip(bounds[:-1], bounds[1:]))]
+    return jnp.stack(rows) if rows else jnp.zeros((0, len(STATS)))
 
 
 # the check's program runs once: LLVM's optimizations cost more compile time than they save
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def run(cases: list[Case], *, mode: str, eps: float, tiny: float, batch_size: int,
-         seed: int) -> list[dict]:
-    """Every case's per-leaf (reverse, forward) errors, computed by one compiled program."""
+def run(cases: list[Case], *, mode: str, eps: float, batch_size: int,
+        seed: int) -> list[tuple[dict, bool]]:
+    """Per case: leaf path -> its ``STATS`` (a dict), and whether forward mode was checked.
+
+    All cases are computed by one compiled program.
+    """
     def program(forward_modes):
-        def errors(all_args, all_directions):
-                return [_case_errors(c, a, d, forward_mode=fm, mode=mode, eps=eps, tiny=tiny,
-                                 batch_size=batch_size, seed=seed) if c.names else jnp.zeros((0, 2))
+        def stats(all_args, all_directions):
+            return [_case_stats(c, a, d, forward_mode=fm, mode=mode, eps=eps,
+                                batch_size=batch_size, seed=seed)
+                    if c.names else jnp.zeros((0, len(STATS)))
                     for c, a, d, fm in zip(cases, all_args, all_directions, forward_modes)]
-        return jax.jit(errors)
+        return jax.jit(stats)
 
     inputs = ([c.args for c in cases], [c.directions for c in cases])
+    forward_modes = [True] * len(cases)
     try:  # JAX reports a missing jvp (a custom_vjp inside f) only when lowering
-        lowered = program([True] * len(cases)).lower(*inputs)
+        lowered = program(forward_modes).lower(*inputs)
     except TypeError as error:
         if "forward-mode" not in str(error) and "custom_vjp" not in str(error):
             raise
-        lowered = program([_has_forward_mode(c) for c in cases]).lower(*inputs)
+        forward_modes = [_has_forward_mode(c) for c in cases]
+        lowered = program(forward_modes).lower(*inputs)
     values = lowered.compile(COMPILER_OPTIONS)(*inputs)
-    out = []
-    for case, errors in zip(cases, values):
-        errors = np.asarray(errors)
-        errors = np.where(np.isnan(errors), np.inf, errors)  # f or its derivative gave NaN
-        out.append({name: (float(r), None if f < 0 else float(f))  # f < 0: no forward mode
-                    for name, (r, f) in zip(case.names, errors)})
-    return out
+    return [({name: dict(zip(STATS, map(float, row))) for name, row in
+              zip(case.names, np.asarray(stats))}, fm)
+            for case, stats, fm in zip(cases, values, forward_modes)]
 
 
 def second_order(case: Case, seed: int) -> Callable:

@@ -39,6 +39,7 @@ class GradCheckReport(NamedTuple):
     ``errors[path]`` is the larger of ``reverse[path]`` (reverse mode, what
     ``jax.grad`` uses, against finite differences) and ``forward[path]``
     (forward mode; None where f has no jvp, e.g. a custom_vjp inside).
+    ``noise[path]`` is the finite differences' own error estimate ‖n(ε) − n(2ε)‖.
     ``passed``, ``worst`` (the path of the largest error) and ``max_error``
     summarize it; ``str(report)`` is a table with the failing leaves marked.
     """
@@ -48,6 +49,7 @@ class GradCheckReport(NamedTuple):
     mode: str
     reverse: dict | None = None
     forward: dict | None = None
+    noise: dict | None = None
 
     @property
     def worst(self) -> str:
@@ -63,12 +65,12 @@ class GradCheckReport(NamedTuple):
 
     def __str__(self) -> str:
         width = max([len(p) for p in self.errors] + [4])
-        lines = [f"{'leaf':{width}}  {'error':>9}  {'reverse':>9}  {'forward':>9}  "
-                 f"({self.mode}, tol {self.tol:.0e})"]
+        lines = [f"{'leaf':{width}}  {'error':>9}  {'reverse':>9}  {'forward':>9}  {'fd noise':>9}"
+                 f"  ({self.mode}, tol {self.tol:.0e})"]
         for path, error in self.errors.items():
-            rev = (self.reverse or {}).get(path)
-            fwd = (self.forward or {}).get(path)
-            cells = [f"{v:9.2e}" if v is not None else f"{'-':>9}" for v in (error, rev, fwd)]
+            values = [error] + [(column or {}).get(path) for column in
+                                (self.reverse, self.forward, self.noise)]
+            cells = [f"{v:9.2e}" if v is not None else f"{'-':>9}" for v in values]
             flag = "" if error <= self.tol else "  <-- FAIL"
             lines.append(f"{path:{width}}  {'  '.join(cells)}{flag}")
         return "\n".join(lines)
@@ -164,10 +166,43 @@ def _seed(key: Any) -> int:
     return int(np.ravel(data).astype(np.uint64) @ (np.arange(data.size, dtype=np.uint64) + 1))
 
 
+# the default tiny: what finite differences and float64 arithmetic cannot resolve, / tol
+NOISE_FACTOR = 10.0  # times the differences' own error ‖n(ε) − n(2ε)‖
+ROUNDING_FACTOR = 100.0  # times eps_float64 · ‖Jᵀw‖ · √(directions): the analytic side's rounding
+
+
+def _report(stats: dict, forward_mode: bool, tol: float, mode: str,
+            tiny: float | None) -> GradCheckReport:
+    """Per-leaf relative errors from the program's norms (see ``_gradcheck_program.STATS``)."""
+    reverse, forward, noise = {}, {}, {}
+    for path, s in stats.items():
+        unresolved = (NOISE_FACTOR * s["noise"] + ROUNDING_FACTOR * np.finfo(np.float64).eps *
+                      s["gradient"] * np.sqrt(s["count"]))
+        floor = tiny if tiny is not None else max(unresolved / tol, np.finfo(np.float64).tiny)
+        reverse[path] = s["reverse_gap"] / max(s["reverse"], s["numeric"], floor)
+        forward[path] = (s["forward_gap"] / max(s["forward"], s["numeric"], floor)
+                         if forward_mode else None)
+        noise[path] = s["noise"]
+    # NaN anywhere (f or a derivative gave NaN) is a failure, not a pass
+    reverse = {p: e if np.isfinite(e) else np.inf for p, e in reverse.items()}
+    forward = {p: (e if np.isfinite(e) else np.inf) if e is not None else None
+               for p, e in forward.items()}
+    errors = {p: max(reverse[p], forward[p] or 0.0) for p in reverse}
+    return GradCheckReport(errors, tol, mode, reverse, forward, noise)
+
+
+def _merge(first: GradCheckReport, second: GradCheckReport) -> GradCheckReport:
+    """The first-order report with the second-order leaves added as ``d/d<leaf> of grad``."""
+    def rename(d):
+        return {f"d/d{p} of grad": v for p, v in d.items()}
+    return first._replace(**{field: {**getattr(first, field), **rename(getattr(second, field))}
+                             for field in ("errors", "reverse", "forward", "noise")})
+
+
 def check_grads(f: Callable, *args: Any, argnums: int | Sequence[int] | None = None,
                 eps: float = 1e-5, tol: float = 1e-6, mode: str = "full",
                 num_directions: int = 2, key: Any = None, order: int = 1,
-                batch_size: int = 512, tiny: float = 1e-12,
+                batch_size: int = 512, tiny: float | None = None,
                 raise_on_failure: bool = True) -> GradCheckReport:
     """Checks JAX's derivatives of ``f`` against centered finite differences, per leaf.
 
@@ -177,6 +212,14 @@ def check_grads(f: Callable, *args: Any, argnums: int | Sequence[int] | None = N
     ``jax.grad`` computes) and, where f supports forward mode, with ⟨w, J u⟩
     from ``jvp``; w = 1 for a scalar f. Reports per leaf the relative error
     ‖a − n‖ / max(‖a‖, ‖n‖, tiny), in float64.
+
+    A derivative that is zero in exact arithmetic (the bias of a Dense followed
+    by BatchNorm) is rounding noise on both sides, so a purely relative error
+    would fail it. By default ``tiny`` is therefore set per leaf to what the
+    check cannot resolve, divided by tol: 10 ‖n(ε) − n(2ε)‖ (the differences'
+    own error) + 100 · 2.2e-16 · ‖Jᵀw‖ · √k (rounding of the k analytic
+    values). A leaf then passes when JAX agrees with the differences to ``tol``
+    relative, or to within that resolution.
 
     Args:
       f: the function; its output may be a scalar, an array or a pytree of arrays.
@@ -192,10 +235,8 @@ def check_grads(f: Callable, *args: Any, argnums: int | Sequence[int] | None = N
       order: 1 checks f's derivatives; 2 also checks the derivatives of its
         gradient θ ↦ Jᵀw, reported as ``"d/d<leaf> of grad"``.
       batch_size: coordinates evaluated together (vmapped) in full mode.
-      tiny: the smallest denominator of the relative error. A derivative that is
-        zero in exact arithmetic (a bias followed by BatchNorm) still shows
-        finite-difference noise of about 1e-16·|f| / ε; raise ``tiny`` above
-        that noise / ``tol`` to let such leaves pass.
+      tiny: the smallest denominator of the relative error; None (default)
+        derives it per leaf from the differences' own error, as above.
       raise_on_failure: raise :class:`GradientCheckError` when a leaf fails.
 
     Returns:
@@ -219,7 +260,7 @@ def check_grads_many(checks: dict[str, tuple[Callable, tuple]], *,
                      argnums: int | Sequence[int] | None = None, eps: float = 1e-5,
                      tol: float = 1e-6, mode: str = "full", num_directions: int = 2,
                      key: Any = None, order: int = 1, batch_size: int = 512,
-                     tiny: float = 1e-12,
+                     tiny: float | None = None,
                      raise_on_failure: bool = True) -> dict[str, GradCheckReport]:
     """:func:`check_grads` of several functions, compiled as one program.
 
@@ -239,7 +280,9 @@ def check_grads_many(checks: dict[str, tuple[Callable, tuple]], *,
         raise TypeError(f"check_grads_many: checks must be a dict name -> (f, args); "
                         f"got {type(checks).__name__}.")
     seed = _seed(key)
-    settings = dict(mode=mode, eps=eps, tiny=tiny, batch_size=batch_size, seed=seed)
+    if tiny is not None and not (isinstance(tiny, (int, float)) and tiny > 0):
+        raise ValueError(f"check_grads: tiny must be a number > 0 or None; got {tiny!r}.")
+    settings = dict(mode=mode, eps=eps, batch_size=batch_size, seed=seed)
     with jax.enable_x64(True):
         cases = []
         for name, check in checks.items():
@@ -253,17 +296,12 @@ def check_grads_many(checks: dict[str, tuple[Callable, tuple]], *,
         if order == 2:
             cases += [prepare(second_order(c, seed), c.args, c.argnums, mode, num_directions,
                                seed) for c in cases]
-        results = run(cases, **settings)
+        results = [_report(stats, forward_mode, tol, mode, tiny)
+                   for stats, forward_mode in run(cases, **settings)]
         if order == 2:
             n = len(checks)
-            for errors, second in zip(results[:n], results[n:]):
-                errors.update({f"d/d{p} of grad": v for p, v in second.items()})
-    reports = {}
-    for name, pairs in zip(checks, results):
-        reverse = {p: r for p, (r, _) in pairs.items()}
-        forward = {p: f for p, (_, f) in pairs.items()}
-        errors = {p: max(r, f if f is not None else 0.0) for p, (r, f) in pairs.items()}
-        reports[name] = GradCheckReport(errors, tol, mode, reverse, forward)
+            results = [_merge(first, second) for first, second in zip(results[:n], results[n:])]
+    reports = dict(zip(checks, results))
     if raise_on_failure:
         for name, report in reports.items():
             if not report.passed:

@@ -165,6 +165,34 @@ def test_directional_mode_reports_every_leaf_of_an_mlp():
     assert str(report).count("args[0]") == 6
 
 
+def test_a_derivative_that_is_zero_in_exact_arithmetic_passes_but_a_small_bug_does_not():
+    """The bias before a batch normalization has gradient 0: both sides are rounding noise."""
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+    x = rng.normal(size=(6, 4))
+
+    def loss(params, scale=1.0):
+        h = x @ params["w"] + scale * params["b"]
+        h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+        return jnp.sum(jnp.sin(h) * jnp.cos(jnp.arange(h.size).reshape(h.shape)))
+
+    for mode in ("full", "directional"):
+        report = check_grads(loss, params, mode=mode)
+        assert report.passed and report.errors["args[0]['b']"] < 1e-6
+        strict = check_grads(loss, params, mode=mode, tiny=1e-300, raise_on_failure=False)
+        assert strict.worst == "args[0]['b']" and strict.max_error > 1e-6  # noise vs noise
+
+    # a gradient 1e4 times smaller than the others is still checked relatively
+    small = {"w": params["w"], "b": jnp.asarray(rng.normal(size=3))}
+
+    def tiny_leaf(params, bug=1.0):
+        return jnp.sum(jnp.tanh(x @ params["w"])) + 1e-4 * scaled_gradient(bug)(params["b"])
+
+    assert check_grads(tiny_leaf, small).passed
+    report = check_grads(lambda p: tiny_leaf(p, 1.01), small, raise_on_failure=False)
+    assert report.worst == "args[0]['b']" and report.errors["args[0]['b']"] > 1e-3
+
+
 def test_vector_and_pytree_outputs_and_a_wrong_forward_rule():
     x = jnp.asarray(np.random.default_rng(2).uniform(0.5, 1.5, size=6))
     assert check_grads(lambda x: {"a": jnp.sin(x), "b": (x[:3] * x[3:], jnp.sum(x**2))}, x).passed
