@@ -1,6 +1,6 @@
 """Layers as ``(init, apply)`` pairs; the contract is in :mod:`fnn.layers.base`."""
 
-from .base import Layer, ParamsError
+from .base import Layer, ParamsError, named
 from .combinators import parallel, residual, serial
 from .conv import AvgPool2D, Conv2D, MaxPool2D
 from .core import (
@@ -25,5 +25,5 @@ __all__ = [
     "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
     "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
     "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "parallel", "residual",
-    "serial",
+    "named", "serial",
 ]

@@ -45,7 +45,7 @@ def Dense(features: int, w_init: Callable | None = None,
     name = f"Dense({features})"
 
     def init(key, input_shape, dtype=jnp.float32):
-        shape = check_input_shape(name, input_shape, min_rank=1,
+        shape = check_input_shape(name, input_shape, min_rank=2,
                                   expected="(batch, ..., features)")
         dtype = check_float_dtype(name, dtype)
         k_w, k_b = jax.random.split(key)

@@ -101,7 +101,7 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
     name = "LayerNorm"
 
     def init(key, input_shape, dtype=jnp.float32):
-        shape = check_input_shape(name, input_shape, min_rank=1,
+        shape = check_input_shape(name, input_shape, min_rank=2,
                                   expected="(batch, ..., features)")
         dtype = check_float_dtype(name, dtype)
         params = {"scale": jnp.ones(shape[-1], dtype), "offset": jnp.zeros(shape[-1], dtype)}
@@ -160,6 +160,11 @@ def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
         v, g = params["v"], params["g"]
         expect_shape(name, "g", g, (v.shape[-1],))
         w = (_compute(v) * (_compute(g) / norm(v))).astype(v.dtype)
-        return layer.apply({**inner, "w": w}, state, x, key=key, train=train)
+        try:
+            return layer.apply({**inner, "w": w}, state, x, key=key, train=train)
+        except ParamsError as error:  # the user's params hold v, not w
+            if error.path.startswith("['w']"):
+                raise ParamsError("['v']" + error.path[5:], error.detail, error.tree) from None
+            raise
 
     return named(init, apply, "weightnorm")

@@ -12,6 +12,7 @@ BAD_CONSTRUCTION_AND_INIT = [
     (lambda: fnn.Dense(10).init(KEY, ()), ValueError,
      r"Dense\(10\): expected an input shape \(batch, \.\.\., features\).*got \(\)"),
     (lambda: fnn.Dense(10).init(KEY, (-1, 0)), ValueError, r"Dense\(10\).*got \(-1, 0\)"),
+    (lambda: fnn.Dense(10).init(KEY, (64,)), ValueError, r"Dense\(10\).*got \(64,\)"),
     (lambda: fnn.Dense(10).init(KEY, (4, -1)), ValueError,
      r"the batch axis may be -1\); got \(4, -1\)"),
     (lambda: fnn.Dense(10).init(KEY, "64"), TypeError, "input_shape must be a tuple of ints"),
@@ -100,6 +101,15 @@ def test_state_that_does_not_match_the_model_names_the_path():
     with pytest.raises(fnn.ParamsError, match=r"state\['2_serial'\]\['1_batchnorm'\]\['mean'\]: "
                                               r"BatchNorm expects shape \(3,\)"):
         model.apply(params, bad, x, train=True)
+
+
+def test_weightnorm_names_its_own_params():
+    layer = fnn.WeightNorm(fnn.Dense(3))
+    _, params, _ = layer.init(KEY, (-1, 4))
+    with pytest.raises(fnn.ParamsError, match=r"params\['v'\]: Dense\(3\) expects shape \(5, 3\)"):
+        layer.apply(params, {}, jnp.ones((2, 5)))
+    with pytest.raises(fnn.ParamsError, match=r"params\['g'\]: WeightNorm\(dense\) expects shape"):
+        layer.apply({**params, "g": jnp.ones(4)}, {}, jnp.ones((2, 4)))
 
 
 def test_inputs_that_do_not_fit_name_the_layer_and_both_shapes():
