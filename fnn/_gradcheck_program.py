@@ -92,6 +92,19 @@ def _flat_function(case: Case, args: tuple) -> tuple[Callable, jax.Array]:
     return f_flat, theta
 
 
+def _output_weights(value: jax.Array, seed: int) -> jax.Array:
+    """The output weighting w: 1 for a scalar f, fixed pseudo-random normals otherwise.
+
+    Small outputs get host-drawn constants; large ones (the gradient checked by
+    order=2) are drawn in the program, as a big constant would slow compilation.
+    """
+    if value.size == 1:
+        return jnp.ones_like(value)
+    if value.size <= 4096:
+        return jnp.asarray(np.random.default_rng(seed).standard_normal(value.shape))
+    return jax.random.normal(jax.random.key(seed), value.shape, value.dtype)
+
+
 def _has_forward_mode(case: Case) -> bool:
     """False where f has no jvp (a custom_vjp inside): JAX says so when lowering a jvp of f."""
     def tangent(args):
@@ -127,9 +140,7 @@ def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode:
     total, n_leaves = theta.size, len(case.sizes)
 
     value, pullback = jax.vjp(f_flat, theta)
-    # the output weighting w: 1 for a scalar f, fixed pseudo-random numbers otherwise
-    w = (jnp.ones_like(value) if value.size == 1 else
-         jnp.asarray(np.random.default_rng(seed + 1).standard_normal(value.shape)))
+    w = _output_weights(value, seed + 1)
     (reverse,) = pullback(w)  # Jᵀ w
     forward = jax.linearize(f_flat, theta)[1] if forward_mode else None
     steps = jnp.array([eps, -eps, 2 * eps, -2 * eps])
@@ -212,8 +223,6 @@ def second_order(case: Case, seed: int) -> Callable:
     def gradient(*args):
         f_flat, theta = _flat_function(case, args)
         value, pullback = jax.vjp(f_flat, theta)
-        w = (jnp.ones_like(value) if value.size == 1 else
-             jnp.asarray(np.random.default_rng(seed + 2).standard_normal(value.shape)))
-        return pullback(w)[0]
+        return pullback(_output_weights(value, seed + 2))[0]
 
     return gradient

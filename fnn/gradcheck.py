@@ -293,6 +293,9 @@ def check_grads_many(checks: dict[str, tuple[Callable, tuple]], *,
             args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
             numbers = _validated(owner, f, args, argnums, mode, order, eps, tol, num_directions)
             cases.append(prepare(f, args, numbers, mode, num_directions, seed))
+            if not cases[-1].names:
+                raise ValueError(f"{owner}: no float leaves to check in the arguments {numbers} "
+                                 "(integer and boolean leaves are held fixed).")
         if order == 2:
             cases += [prepare(second_order(c, seed), c.args, c.argnums, mode, num_directions,
                                seed) for c in cases]
