@@ -117,3 +117,17 @@ def test_shapes_from_eval_shape():
     params = init.tree_init(KEY, abstract, init.by_ndim(init.orthogonal(), init.zeros()))
     w = np.asarray(params["w"], np.float64)
     np.testing.assert_allclose(w.T @ w, np.eye(4), atol=1e-5)
+
+
+def test_tree_init_under_jit_and_vmap():
+    rule = init.by_ndim(init.xavier_uniform(), init.normal(1.0))
+    eager = init.tree_init(KEY, SHAPES, rule)
+    jitted = jax.jit(lambda k: init.tree_init(k, SHAPES, rule))(KEY)
+    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    keys = jax.random.split(KEY, 3)
+    batch = jax.vmap(lambda k: init.tree_init(k, SHAPES, rule))(keys)
+    assert batch["dense"]["w"].shape == (3, 300, 200)
+    np.testing.assert_allclose(batch["out"]["b"][1], init.tree_init(keys[1], SHAPES, rule)["out"]["b"],
+                               rtol=1e-6)
+    assert not np.array_equal(batch["out"]["b"][0], batch["out"]["b"][1])

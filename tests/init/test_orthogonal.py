@@ -59,7 +59,7 @@ def test_haar_distributed():
     Without the sign correction by diag(R), Householder QR makes the first column
     have a fixed-sign first entry, so the mean of W[0, 0] would be far from 0.
     """
-    n, draws = 8, 4000
+    n, draws = 8, 2000
     w = jax.vmap(lambda k: init.orthogonal()(k, (n, n), jnp.float64))(jax.random.split(KEY, draws))
     w = np.asarray(w)
     first = w[:, 0, 0]
