@@ -15,7 +15,10 @@ The contract, stated once:
   initializers check key, shape and dtype when called; both raise ``TypeError``
   or ``ValueError`` naming the argument and what was expected.
 * Random draws are made in float32 (float64 for float64) and then cast, so
-  bfloat16/float16 weights are the rounded float32 draws.
+  bfloat16/float16 weights are the rounded float32 draws. float64 needs
+  ``jax_enable_x64``; without it JAX warns and gives float32 (as jax.nn does).
+* Unlike ``jax.nn.initializers``, integer, bool and complex dtypes are refused,
+  even by ``zeros``/``ones``/``constant``: these are initializers of weights.
 
 What is here::
 

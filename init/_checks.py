@@ -46,11 +46,13 @@ def check_key(owner: str, key: Any) -> None:
                              f"of shape {shape} (use jax.vmap over the keys to draw a batch).")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         hint = f"jax.random.key({int(key)}), not the seed {int(key)} itself"
+        described = f"the int {int(key)}"
+    elif dtype is not None and shape is not None:
+        hint = "jax.random.key(0)"
+        described = f"an array of dtype {dtype} and shape {tuple(shape)}"
     else:
         hint = "jax.random.key(0)"
-    described = f"{type(key).__name__}" + (f" of dtype {dtype} and shape {shape}"
-                                           if dtype is not None and shape is not None else
-                                           f" {key!r}")
+        described = f"{type(key).__name__} {key!r}"
     raise TypeError(f"{owner}: key must be a JAX PRNG key, e.g. {hint}; got {described}.")
 
 
