@@ -76,6 +76,11 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
     return Optimizer(init, update)
 
 
+def _zeros(shapes: Any) -> Any:
+    """Zero updates shaped like ``jax.eval_shape``'s result: the branch of a cond that skips."""
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
@@ -108,8 +113,7 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
         shapes = jax.eval_shape(apply, None)
 
         def skip(_):
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
-            return zeros, state.inner
+            return _zeros(shapes[0]), state.inner
 
         updates, inner = jax.lax.cond(finite, apply, skip, None)
         skipped = jnp.where(finite, state.skipped, safe_increment(state.skipped))
@@ -158,8 +162,7 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         shapes = jax.eval_shape(apply, None)
 
         def wait(_):
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
-            return zeros, state.inner, grad_sum
+            return _zeros(shapes[0]), state.inner, grad_sum
 
         due = mini_step >= every
         updates, inner, grad_sum = jax.lax.cond(due, apply, wait, None)
