@@ -18,15 +18,28 @@ from . import _validate
 Link = int | tuple[int, ...] | None
 
 
+def _is_owner(state: Any) -> bool:
+    """Whether ``state`` holds hyperparameters itself (a state made by ``from_rule``)."""
+    fields = getattr(state, "_fields", ())
+    return "hyperparams" in fields and "scheduled" in fields
+
+
+def _wrapped_field(state: Any) -> str | None:
+    """The field holding the wrapped state: ``inner`` (wrappers) or ``states`` (a switch,
+    whose optimizers are links like a chain's); None for anything else."""
+    fields = getattr(state, "_fields", ())
+    if _is_owner(state):
+        return None
+    return "inner" if "inner" in fields else "states" if "states" in fields else None
+
+
 def _owners(state: Any, path: tuple = ()):
     """Yields (link path, state) for every hyperparameter-holding state inside ``state``."""
-    fields = getattr(state, "_fields", None)
-    if fields is not None and "hyperparams" in fields and "scheduled" in fields:
+    field = _wrapped_field(state)
+    if _is_owner(state):
         yield path, state
-    elif fields is not None and "inner" in fields:
-        yield from _owners(state.inner, path)
-    elif fields is not None and "states" in fields:  # a switch: its optimizers are links
-        yield from _owners(state.states, path)
+    elif field is not None:
+        yield from _owners(getattr(state, field), path)
     elif type(state) is tuple:  # a chain's state
         for i, link in enumerate(state):
             yield from _owners(link, path + (i,))
@@ -51,13 +64,8 @@ def _select_link(state: Any, link: Link) -> tuple[Any, tuple]:
 
 def _unwrap(state: Any) -> Any:
     """The chain-like tuple inside wrappers (``inner``) and switches (``states``)."""
-    while getattr(state, "_fields", None) is not None:
-        if "inner" in state._fields:
-            state = state.inner
-        elif "states" in state._fields:
-            state = state.states
-        else:
-            break
+    while (field := _wrapped_field(state)) is not None:
+        state = getattr(state, field)
     return state
 
 
@@ -154,8 +162,8 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
         replacements.setdefault(holders[0], {})[name] = value
 
     def rebuild(node: Any, path: tuple) -> Any:
-        fields = getattr(node, "_fields", None)
-        if fields is not None and "hyperparams" in fields and "scheduled" in fields:
+        field = _wrapped_field(node)
+        if _is_owner(node):
             if path not in replacements:
                 return node
             new = dict(node.hyperparams)
@@ -169,10 +177,8 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
                         f"value of shape {value.shape}."
                     )
             return node._replace(hyperparams=new)
-        if fields is not None and "inner" in fields:
-            return node._replace(inner=rebuild(node.inner, path))
-        if fields is not None and "states" in fields:
-            return node._replace(states=rebuild(node.states, path))
+        if field is not None:
+            return node._replace(**{field: rebuild(getattr(node, field), path)})
         if type(node) is tuple:
             return tuple(rebuild(child, path + (i,)) for i, child in enumerate(node))
         return node
@@ -185,10 +191,8 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
 def _replace_at(state: Any, path: tuple, new: Any) -> Any:
     if not path:
         return new
-    fields = getattr(state, "_fields", None)
-    if fields is not None and "inner" in fields:
-        return state._replace(inner=_replace_at(state.inner, path, new))
-    if fields is not None and "states" in fields:
-        return state._replace(states=_replace_at(state.states, path, new))
+    field = _wrapped_field(state)
+    if field is not None:
+        return state._replace(**{field: _replace_at(getattr(state, field), path, new)})
     i = path[0]
     return state[:i] + (_replace_at(state[i], path[1:], new),) + state[i + 1:]
