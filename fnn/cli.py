@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 
 
+def experiment(args: argparse.Namespace):
+    """The data split, the MLP and its loss and evaluation functions that train and search share."""
+    (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
+    model = mlp(args.hidden, args.dropout, classes)
+    loss_fn, eval_fn = train.classifier(model)
+    return (x_train, y_train), val, classes, model, loss_fn, eval_fn
+
+
 def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     """Trains the MLP with each optimizer; prints the table and writes the plot.
 
@@ -160,9 +168,7 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     """
     out = sys.stdout if out is None else out
     total = time.perf_counter()
-    (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
-    model = mlp(args.hidden, args.dropout, classes)
-    loss_fn, eval_fn = train.classifier(model)
+    (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     names = list(DEFAULT_RATES) if args.optimizer == "all" else [args.optimizer]
     rates = {name: args.learning_rate or DEFAULT_RATES[name] for name in names}
     tx = opt.switch(*[make_optimizer(name, rates[name], args.weight_decay) for name in names])
@@ -238,9 +244,7 @@ def plot_losses(histories: dict, path: str) -> None:
 
 def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     out = sys.stdout if out is None else out
-    (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
-    model = mlp(args.hidden, args.dropout, classes)
-    loss_fn, eval_fn = train.classifier(model)
+    (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     params, model_state = init_model(model, args.seed, x_train.shape[1])
     tx = make_optimizer(args.optimizer, DEFAULT_RATES[args.optimizer], 1e-4)
     state = train.init_train_state(params, model_state, tx)
