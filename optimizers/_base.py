@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _validate
+from . import _fused, _validate
 from .packing import Packed, resolve_packed_mask
 
 Params = Any
@@ -190,6 +190,7 @@ def from_rule(
     mask: Any = None,
     masked: Sequence[str] = (),
     reduce: Callable[[list[jax.Array]], dict[str, jax.Array]] | None = None,
+    fused: tuple[Callable, Callable] | None = None,
 ) -> Optimizer:
     """Lifts a two-level rule to an :class:`Optimizer` over pytrees.
 
@@ -213,6 +214,11 @@ def from_rule(
         hyperparameters named in ``masked`` are zero for that leaf.
       reduce: optional ``reduce(grad_leaves) -> dict of scalars`` computed over all
         leaves before the rule runs (e.g. a global norm); passed to ``rule``.
+      fused: optional ``(coefficients, step)`` of a one-pass kernel
+        (:mod:`optimizers._fused`): ``coefficients(count, **hyperparams)`` and
+        ``step(coefficients, g, p, *moments) -> (new_p, *new_moments)``, used for
+        the leaves ``_fused.eligible`` accepts; the update is then ``new_p - p``
+        and :func:`apply_updates` returns ``new_p`` itself.
     """
     fixed, schedules = split_hyperparams(name, hyperparams)
     moment_init = dict(moment_init or {})
@@ -268,19 +274,34 @@ def from_rule(
         count = safe_increment(state.count)
         reduced = reduce(g_leaves) if reduce is not None else {}
 
-        leaf_fns: dict[tuple, Callable] = {}  # (compute dtype, kept) -> leaf function
+        cached: dict[tuple, Any] = {}  # (kind, dtype, kept) -> leaf function or kernel scalars
+
+        def hyper(dtype: Any, kept: bool) -> dict:
+            return {k: _cast(v if kept or k not in masked else jnp.zeros_like(v), dtype)
+                    for k, v in values.items()}
 
         def leaf_fn(dtype: Any, kept: bool) -> Callable:
-            if (dtype, kept) not in leaf_fns:
-                hp = {k: _cast(v if kept or k not in masked else jnp.zeros_like(v), dtype)
-                      for k, v in values.items()}
+            if ("rule", dtype, kept) not in cached:
                 extras = {k: _cast(v, dtype) for k, v in reduced.items()}
-                leaf_fns[dtype, kept] = rule(count, **hp, **extras)
-            return leaf_fns[dtype, kept]
+                cached["rule", dtype, kept] = rule(count, **hyper(dtype, kept), **extras)
+            return cached["rule", dtype, kept]
+
+        def coefficients(kept: bool) -> jax.Array:
+            if ("fused", kept) not in cached:
+                cached["fused", kept] = fused[0](count, **hyper(jnp.float32, kept))
+            return cached["fused", kept]
 
         updates, new_moments = [], [[] for _ in moments]
         for i, g in enumerate(g_leaves):
             p = p_leaves[i]
+            if fused is not None and _fused.eligible(g, p, *[m[i] for m in m_leaves]):
+                new_p, *ms = fused[1](coefficients(keep[i]), g, p, *[m[i] for m in m_leaves])
+                u = new_p - p
+                _fused.remember(u, p, new_p)
+                updates.append(u)
+                for j, m in enumerate(ms):
+                    new_moments[j].append(m)
+                continue
             g_dtype = jnp.result_type(g)
             out_dtype = jnp.result_type(p) if p is not None else g_dtype
             dtype = compute_dtype(jnp.promote_types(out_dtype, g_dtype))
@@ -310,9 +331,12 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         >>> params = optimizers.apply_updates(params, updates)
     """
     check_same_structure("apply_updates", "updates", updates, "params", params)
-    return jax.tree_util.tree_map(
-        lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates
-    )
+
+    def apply(p, u):
+        stepped = _fused.recall(p, u)  # the new param a one-pass kernel already computed
+        return stepped if stepped is not None else jnp.asarray(p + u).astype(jnp.result_type(p))
+
+    return jax.tree_util.tree_map(apply, params, updates)
 
 
 def chain(*transforms: Optimizer) -> Optimizer:

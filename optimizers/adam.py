@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from . import _fused
 from ._base import Optimizer, from_rule
 
 
@@ -85,6 +87,8 @@ def adam(
         "adam", rule, AdamState,
         {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
         moments=("mu", "nu"), moment_dtype=moment_dtype,
+        fused=(functools.partial(_fused.adam_coefficients, bias_correction=bias_correction),
+               _fused.adam_step),
     )
 
 
@@ -128,4 +132,6 @@ def adamw(
          "weight_decay": weight_decay},
         moments=("mu", "nu"), moment_dtype=moment_dtype,
         needs_params=True, mask=mask, masked=("weight_decay",),
+        fused=(functools.partial(_fused.adam_coefficients, bias_correction=bias_correction),
+               _fused.adam_step),
     )

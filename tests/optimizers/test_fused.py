@@ -1,0 +1,295 @@
+"""The one-pass CPU Adam kernel (optimizers/_fused.py, _kernels/adam.cc).
+
+It must change speed only: the same numbers as the plain rule (float tolerance),
+under jit, vmap, grad, wrappers, packing and sharding, and a clear fallback
+where it cannot be built.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optimizers as opt
+from optimizers import _fused
+
+N = _fused.MIN_SIZE + 123  # above the size threshold, and not a multiple of the chunk
+
+
+def arrays(seed, n=N):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=n).astype(np.float32)
+    p = rng.normal(size=n).astype(np.float32)
+    m = (0.1 * rng.normal(size=n)).astype(np.float32)
+    v = (0.01 * rng.random(size=n)).astype(np.float32)
+    return g, p, m, v
+
+
+def numpy_adam(g, p, m, v, t, lr, b1, b2, eps, weight_decay, bias_correction):
+    """float64, written from DESIGN.md's formula (not from the kernel's rearrangement).
+
+    The hyperparameters are first rounded to float32, as any float32 run stores them.
+    """
+    lr, b1, b2, eps, weight_decay = (float(np.float32(x)) for x in (lr, b1, b2, eps, weight_decay))
+    g, p, m, v = (x.astype(np.float64) for x in (g, p, m, v))
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_hat, v_hat = (m / (1 - b1**t), v / (1 - b2**t)) if bias_correction else (m, v)
+    return p - lr * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * p), m, v
+
+
+@pytest.fixture
+def plain(monkeypatch):
+    """Runs the plain XLA rule instead of the kernel while active."""
+    def use_plain():
+        monkeypatch.setattr(_fused, "eligible", lambda *args: False)
+    return use_plain
+
+
+def test_the_kernel_builds_on_this_machine():
+    """CI machines have a C++ compiler: the fast path must really be in use there."""
+    assert _fused.available()
+    assert _fused.eligible(*(jnp.zeros(N, jnp.float32),) * 4)
+
+
+def test_eligibility():
+    big, small = jnp.zeros(N, jnp.float32), jnp.zeros(100, jnp.float32)
+    assert not _fused.eligible(small, small, small, small)
+    assert not _fused.eligible(big, None, big, big)
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float64):
+        x = jnp.zeros(N, dtype)
+        assert not _fused.eligible(x, x, x, x), dtype
+    assert not _fused.eligible(big, big, big.astype(jnp.bfloat16), big)
+
+
+@pytest.mark.parametrize("t, weight_decay, bias_correction",
+                         [(1, 0.0, True), (1000, 0.0, True), (7, 0.05, True), (3, 0.0, False)])
+def test_kernel_matches_a_float64_numpy_reference(t, weight_decay, bias_correction):
+    g, p, m, v = arrays(t)
+    hp = dict(lr=3e-3, b1=0.9, b2=0.999, eps=1e-8)
+    coef = _fused.adam_coefficients(jnp.int32(t), hp["lr"], hp["b1"], hp["b2"], hp["eps"],
+                                    weight_decay, bias_correction)
+    step = jax.jit(_fused.adam_step)
+    assert "fnn_adam_f32" in step.lower(coef, g, p, m, v).as_text()
+    new = [np.asarray(x, np.float64) for x in step(coef, g, p, m, v)]
+    ref = numpy_adam(g, p, m, v, t, weight_decay=weight_decay,
+                     bias_correction=bias_correction, **hp)
+    # Moments: a few float32 roundings of the two terms (they may cancel).
+    ulp = np.finfo(np.float32).eps
+    assert np.all(np.abs(new[1] - ref[1]) <= 4 * ulp * (np.abs(m) + np.abs(g)))
+    assert np.all(np.abs(new[2] - ref[2]) <= 4 * ulp * (np.abs(v) + np.square(g)))
+    # The step itself (p_new - p) to float32 accuracy, beyond p's own rounding.
+    step_err = np.abs((new[0] - p) - (ref[0] - p))
+    assert np.all(step_err <= 1e-5 * np.abs(ref[0] - p) + 2 * np.spacing(np.abs(p).astype(np.float32)))
+    # ... and the jnp twin used off the CPU, under vmap and for derivatives agrees.
+    twin = [np.asarray(x, np.float64) for x in jax.jit(_fused.adam_reference)(coef, g, p, m, v)]
+    for a, b in zip(new, twin):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def big_tree(seed=0):
+    k = jax.random.split(jax.random.key(seed), 3)
+    return {"w": jax.random.normal(k[0], (256, 300), jnp.float32),   # 76,800 ≥ MIN_SIZE
+            "b": jax.random.normal(k[1], (300,), jnp.float32)}      # small: plain rule
+
+
+def grads_at(params, i):
+    return jax.tree_util.tree_map(lambda x: jnp.sin(3 * x + i) + 0.1 * x, params)
+
+
+def run(tx, steps=15, params=None):
+    params = big_tree() if params is None else params
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, i):
+        updates, state = tx.update(grads_at(params, i), state, params)
+        return opt.apply_updates(params, updates), state
+
+    for i in range(steps):
+        params, state = step(params, state, i)
+    return params, state, step
+
+
+CONFIGS = {
+    "adam": lambda: opt.adam(1e-2),
+    "adam_no_bias_correction": lambda: opt.adam(1e-2, bias_correction=False),
+    "adam_schedule": lambda: opt.adam(opt.schedules.cosine_decay(1e-2, 20)),
+    "adamw_masked": lambda: opt.adamw(1e-2, weight_decay=0.1,
+                                      mask={"w": True, "b": False}),
+    "chain": lambda: opt.chain(opt.clip_by_global_norm(1.0), opt.adam(1e-2)),
+    "skip_nonfinite": lambda: opt.skip_nonfinite(opt.adamw(1e-2)),
+    "accumulate": lambda: opt.accumulate(opt.adam(1e-2), every=3),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fused_steps_equal_the_plain_rule(name, plain):
+    fused_params, fused_state, step = run(CONFIGS[name]())
+    if name != "accumulate":  # accumulate's inner update sits in a lax.cond branch
+        assert "fnn_adam_f32" in step.lower(big_tree(), CONFIGS[name]().init(big_tree()), 0).as_text()
+    plain()
+    plain_params, plain_state, step = run(CONFIGS[name]())
+    assert "fnn_adam_f32" not in step.lower(big_tree(), CONFIGS[name]().init(big_tree()), 0).as_text()
+    for a, b in zip(jax.tree_util.tree_leaves((fused_params, fused_state)),
+                    jax.tree_util.tree_leaves((plain_params, plain_state))):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                   rtol=2e-5, atol=2e-6)
+
+
+def test_a_donated_step_is_one_pass_in_place():
+    """One custom call updates p, m, v in place; no XLA loop re-reads the big arrays."""
+    params = {"w": jnp.zeros((512, 512), jnp.float32)}
+    tx = opt.adam(1e-3)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return opt.apply_updates(params, updates), state
+
+    hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
+    text = hlo.compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    assert entry.count('custom_call_target="fnn_adam_f32"') == 1
+    assert "output_to_operand_aliasing" in entry
+    big_fusions = [line for line in entry.splitlines()
+                   if "f32[512,512]" in line.split("=")[1 if "=" in line else 0] and "fusion(" in line]
+    assert not big_fusions, big_fusions  # the update p_new - p and its re-add are dead code
+
+
+def test_updates_are_usable_when_not_applied_directly():
+    """Updates read on their own (not passed to apply_updates) are p_new - p."""
+    params = big_tree()
+    tx = opt.adam(1e-2)
+    state = tx.init(params)
+    updates, _ = jax.jit(tx.update)(grads_at(params, 0), state, params)
+    new_params, _, _ = run(tx, steps=1)
+    np.testing.assert_allclose(params["w"] + updates["w"], new_params["w"], rtol=1e-6, atol=1e-7)
+    # Eagerly, too (no jit): the same result.
+    updates_eager, _ = tx.update(grads_at(params, 0), state, params)
+    np.testing.assert_allclose(updates_eager["w"], updates["w"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(opt.apply_updates(params, updates_eager)["w"], new_params["w"],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_vmap_over_learning_rates_equals_separate_runs():
+    params = big_tree()
+    tx = opt.adam(1e-2)
+    rates = jnp.asarray([1e-3, 1e-2, 3e-2], jnp.float32)
+    states = jax.vmap(lambda lr: opt.set_hyperparams(tx.init(params), learning_rate=lr))(rates)
+
+    def step(params, state):
+        updates, state = tx.update(grads_at(params, 0), state, params)
+        return opt.apply_updates(params, updates), state
+
+    batched, _ = jax.jit(jax.vmap(step, in_axes=(None, 0)))(params, states)
+    for i, lr in enumerate(rates):
+        alone, _ = jax.jit(step)(params, opt.set_hyperparams(tx.init(params), learning_rate=lr))
+        np.testing.assert_allclose(batched["w"][i], alone["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_derivatives_through_the_update(plain):
+    """jax.grad through an Adam step (meta-learning) works and equals the plain rule's."""
+    params = big_tree()
+    tx = opt.adam(1e-2)
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(grads_at(params, 0), state, params)  # count = 1
+
+    def outcome(params):
+        updates, _ = tx.update(grads_at(params, 1), state, params)
+        return jnp.sum(opt.apply_updates(params, updates)["w"] ** 2)
+
+    fused = jax.jit(jax.grad(outcome))(params)
+    plain()
+    reference = jax.jit(jax.grad(outcome))(params)
+    np.testing.assert_allclose(fused["w"], reference["w"], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_gradient_is_skipped_without_touching_params_or_moments():
+    params = big_tree()
+    tx = opt.skip_nonfinite(opt.adam(1e-2))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return opt.apply_updates(params, updates), state
+
+    params, state = step(params, state, grads_at(params, 0))
+    bad = jax.tree_util.tree_map(lambda g: g.at[5].set(jnp.nan), grads_at(params, 1))
+    new_params, new_state = step(params, state, bad)
+    for a, b in zip(jax.tree_util.tree_leaves((params, state.inner)),
+                    jax.tree_util.tree_leaves((new_params, new_state.inner))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_packed_buffers_take_the_kernel(plain):
+    params = big_tree()
+    packed = opt.pack(params)
+    fused, _, step = run(opt.adam(1e-2), params=packed)
+    assert "fnn_adam_f32" in step.lower(packed, opt.adam(1e-2).init(packed), 0).as_text()
+    plain()
+    reference, _, _ = run(opt.adam(1e-2), params=params)
+    np.testing.assert_allclose(opt.unpack(fused)["w"], reference["w"], rtol=2e-5, atol=2e-6)
+
+
+def _subprocess(script, **env):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_sharded_params_stay_sharded():
+    """On a mesh each device steps its own shard: no all-gather, shardings kept."""
+    out = _subprocess("""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import optimizers as opt
+        mesh = Mesh(np.array(jax.devices()), ("x",))
+        rows = NamedSharding(mesh, P("x"))
+        w = jax.random.normal(jax.random.key(0), (512, 256))
+        params = {"w": jax.device_put(w, rows)}
+        grads = {"w": jax.device_put(jnp.cos(w), rows)}
+        tx = opt.adam(1e-2)
+        @jax.jit
+        def step(p, s, g):
+            u, s = tx.update(g, s, p)
+            return opt.apply_updates(p, u), s
+        new, state = step(params, tx.init(params), grads)
+        text = step.lower(params, tx.init(params), grads).compile().as_text()
+        assert "fnn_adam_f32" in text and "all-gather" not in text, text[-3000:]
+        assert new["w"].sharding.spec == P("x"), new["w"].sharding
+        assert state.mu["w"].sharding.spec == P("x"), state.mu["w"].sharding
+        alone, _ = step({"w": w}, tx.init({"w": w}), {"w": jnp.cos(w)})
+        np.testing.assert_allclose(new["w"], alone["w"], rtol=1e-6, atol=1e-7)
+        print("ok")
+    """)
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_without_a_compiler_adam_falls_back_with_a_warning(tmp_path):
+    out = _subprocess("""
+        import warnings
+        import jax, jax.numpy as jnp, numpy as np
+        import optimizers as opt
+        from optimizers import _fused
+        params = {"w": jnp.linspace(-1, 1, 100_000, dtype=jnp.float32)}
+        tx = opt.adam(1e-2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+        assert not _fused.available()
+        assert any("fused CPU Adam kernel is unavailable" in str(w.message) for w in caught), caught
+        assert "fnn_adam_f32" not in jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
+        g = np.asarray(params["w"], np.float64)  # first step: m̂ = g, √v̂ = |g|
+        np.testing.assert_allclose(updates["w"], -1e-2 * g / (np.abs(g) + 1e-8), rtol=1e-5, atol=1e-9)
+        print("ok")
+    """, CXX=str(tmp_path / "no-such-compiler"), FNN_CACHE_DIR=str(tmp_path))
+    assert out.stdout.strip().endswith("ok")
