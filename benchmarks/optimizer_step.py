@@ -89,7 +89,8 @@ def step_rows(case: str, optimizers: Sequence[str], contenders: Mapping[str, Any
         what = name if donate else f"{name}, not donated"
         row = Row("step", case, what, "ms")
         for kind, nbytes in stream_bytes.items():
-            row.stream = max(row.stream or 0.0, nbytes / median(samples.pop(kind)) / 1e9)
+            row.streams[kind] = nbytes / median(samples.pop(kind)) / 1e9
+            row.stream = max(row.stream or 0.0, row.streams[kind])
         for cname, xs in samples.items():
             row.values[cname] = median(xs)
             row.samples[cname] = xs

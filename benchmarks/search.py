@@ -16,7 +16,7 @@ It reports trials/s and the best validation accuracy of each, the speedups of
 (3) over (1) and over (2), and the train step's steps/s for fnn and for Flax +
 optax on the same model in the same process. Run::
 
-    pip install -e ".[bench]" && python benchmarks/search.py
+    pip install -e ".[bench]" && python benchmarks/search.py --seeds 3
 """
 
 from __future__ import annotations
@@ -188,32 +188,97 @@ def step_rates(train_set, batch_size, seed, steps=300, repeats=5):
     return steps / statistics.median(fnn_times), steps / statistics.median(flax_times)
 
 
+def matmul_floor(train_set, n_models, epochs, batch_size, hidden=256, classes=10, repeats=3):
+    """Seconds the vmapped search spends in matrix products alone: the same forward and
+    backward products of ``n_models`` models for every step, nothing else (no BatchNorm,
+    dropout, loss or optimizer), compiled once and timed after compilation (median)."""
+    x_all = jnp.asarray(train_set[0], jnp.float32)
+    features, steps = x_all.shape[1], epochs * (len(x_all) // batch_size)
+    key = jax.random.split(jax.random.key(0), 3)
+    shapes = [(features, hidden), (hidden, hidden), (hidden, classes)]
+    weights = tuple(jax.random.normal(k, (n_models, *s)) * 0.01 for k, s in zip(key, shapes))
+
+    def model_step(ws, x):
+        w1, w2, w3 = ws
+        h1 = x @ w1
+        h2 = h1 @ w2
+        d3 = (h2 @ w3) * 1e-3                       # stands in for the loss gradient
+        d2 = d3 @ w3.T
+        d1 = d2 @ w2.T
+        grads = (x.T @ d1, h1.T @ d2, h2.T @ d3)
+        return tuple(w - 1e-6 * g for w, g in zip(ws, grads))
+
+    @jax.jit
+    def run(ws):
+        def body(ws, i):
+            x = jax.lax.dynamic_slice_in_dim(x_all, (i * batch_size) % (len(x_all) - batch_size),
+                                             batch_size)
+            return jax.vmap(model_step, in_axes=(0, None))(ws, x), None
+        return jax.lax.scan(body, ws, jnp.arange(steps))[0]
+
+    jax.block_until_ready(run(weights))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(weights))
+        times.append(time.perf_counter() - start)
+    # forward: 3 products; backward: 3 weight gradients and 2 input gradients (none for x)
+    per_model = 2 * features * hidden + 3 * hidden * hidden + 3 * hidden * classes
+    flops = 2 * n_models * steps * batch_size * per_model
+    return statistics.median(times), flops
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data split, the configurations and the first run")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds (init, dropout, data order) to repeat each search "
+                             "with; times are medians, best accuracies means over seeds")
     parser.add_argument("--skip-optuna", action="store_true", help="only the fnn searches")
     args = parser.parse_args(argv)
 
     train_set, val_set, _ = cli.load("digits", args.seed)
     configs = tuning.sample(SPACE, jax.random.key(args.seed), args.trials)
     n = len(configs)
-    vm_t, vm_acc, seq_t, seq_acc = fnn_searches(configs, train_set, val_set, args.epochs,
-                                                args.batch_size, args.seed)
-    print(f"{n} trials × {args.epochs} epochs of the digits MLP\n")
-    print("| search | time (s) | trials/s | best val acc |\n|---|---:|---:|---:|")
-    print(f"| fnn vmapped (parallel_fit) | {vm_t:.2f} | {n / vm_t:.2f} | {vm_acc:.4f} |")
-    print(f"| fnn sequential (one compile) | {seq_t:.2f} | {n / seq_t:.2f} | {seq_acc:.4f} |")
-    if not args.skip_optuna:
-        x_train = np.asarray(train_set[0])
-        y_train = np.asarray(train_set[1])
-        op_t, op_acc = optuna_search(configs, (x_train, y_train), val_set, args.epochs,
-                                     args.batch_size, args.seed)
-        print(f"| Optuna + Flax + optax | {op_t:.2f} | {n / op_t:.2f} | {op_acc:.4f} |")
+    seeds = range(args.seed, args.seed + args.seeds)
+    runs: dict[str, list[tuple[float, float]]] = {"vmapped": [], "sequential": [], "optuna": []}
+    for seed in seeds:
+        vm_t, vm_acc, seq_t, seq_acc = fnn_searches(configs, train_set, val_set, args.epochs,
+                                                    args.batch_size, seed)
+        runs["vmapped"].append((vm_t, vm_acc))
+        runs["sequential"].append((seq_t, seq_acc))
+        if not args.skip_optuna:
+            runs["optuna"].append(optuna_search(
+                configs, (np.asarray(train_set[0]), np.asarray(train_set[1])), val_set,
+                args.epochs, args.batch_size, seed))
+
+    def time_of(name):
+        return statistics.median(t for t, _ in runs[name])
+
+    print(f"{n} trials × {args.epochs} epochs of the digits MLP, seeds {list(seeds)}\n")
+    print("| search | time (s) | trials/s | best val acc (mean) | best val acc per seed |\n"
+          "|---|---:|---:|---:|---|")
+    labels = {"vmapped": "fnn vmapped (parallel_fit)", "sequential": "fnn sequential (one compile)",
+              "optuna": "Optuna + Flax + optax"}
+    for name, label in labels.items():
+        if runs[name]:
+            accs = [a for _, a in runs[name]]
+            print(f"| {label} | {time_of(name):.2f} | {n / time_of(name):.2f} | "
+                  f"{statistics.mean(accs):.4f} | {', '.join(f'{a:.4f}' for a in accs)} |")
+    vm_t, seq_t = time_of("vmapped"), time_of("sequential")
+    if runs["optuna"]:
+        op_t = time_of("optuna")
         print(f"\nvmapped speedup: {op_t / vm_t:.1f}× over Optuna, {seq_t / vm_t:.1f}× over the "
               "sequential fnn loop")
+        floor, flops = matmul_floor(train_set, n, args.epochs, args.batch_size)
+        print(f"matrix products alone (the same {n} models x {args.epochs} epochs, forward and "
+              f"backward, nothing else): {floor:.2f} s ({flops / floor / 1e9:.0f} GFLOP/s); "
+              f"a 10x speedup over Optuna would need the whole vmapped search in "
+              f"{op_t / 10:.2f} s")
     else:
         print(f"\nvmapped speedup: {seq_t / vm_t:.1f}× over the sequential fnn loop")
     fnn_rate, flax_rate = step_rates(train_set, args.batch_size, args.seed)

@@ -119,6 +119,7 @@ class Row:
     notes: dict[str, str] = field(default_factory=dict)  # contender -> text after the number
     noise: float = 0.0  # largest spread of the contenders' samples
     stream: float | None = None  # best streaming GB/s measured in the same repeats
+    streams: dict[str, float] = field(default_factory=dict)  # each streaming kernel's GB/s
     samples: dict[str, list[float]] = field(default_factory=dict)  # per repeat, for ratios
 
     def ratio(self, contender: str, baseline: str) -> float:
