@@ -1,18 +1,19 @@
-"""A one-pass Adam kernel for large float32 leaves on the CPU, and how updates find it.
+"""One-pass optimizer kernels for large float32 leaves on the CPU, and how updates find them.
 
-Why: XLA:CPU has no multi-output loop fusion, so the jitted Adam step becomes
-three loops (new p, m, v), each re-reading the gradient: ~40 bytes of memory
-traffic per param where one pass needs 28. Pure-JAX rewrites (chunked loops,
-interleaved layouts, scans; see the README's performance notes) measured
-slower, so this step is a small C++ kernel (``_kernels/adam.cc``) registered
-with JAX's own extension mechanism, ``jax.ffi``, and updating p, m and v in
-place.
+Why: XLA:CPU has no multi-output loop fusion, so a jitted optimizer step becomes
+one loop per output (the param and each moment), each re-reading the gradient:
+Adam moves ~40 bytes per param where one pass needs 28. Pure-JAX rewrites
+(chunked loops, interleaved layouts, scans; see the README) measured slower, so
+the steps of Adam/AdamW, AdaGrad/RMSProp and Momentum are small C++ kernels
+(``_kernels/steps.cc``) registered with JAX's own extension mechanism,
+``jax.ffi``, that update the param and moments in place.
 
-How it is used: :func:`optimizers.adam` / ``adamw`` call :func:`adam_step` for
-every float32 leaf of at least :data:`MIN_SIZE` elements (a packed buffer is
-one such leaf). Off the CPU (``lax.platform_dependent``), under ``vmap`` and
-for derivatives, the same formula runs as ordinary ``jnp`` code
-(:func:`adam_reference`), so the kernel changes speed, not semantics.
+How they are used: the optimizers pass ``fused=(coefficients, step)`` to
+``from_rule``, which calls ``step`` for every float32 leaf of at least
+:data:`MIN_SIZE` elements (a packed buffer is one such leaf). Off the CPU
+(``lax.platform_dependent``), under ``vmap`` and for derivatives, the same
+formula runs as ordinary ``jnp`` code (the ``*_reference`` functions), so a
+kernel changes speed, not semantics.
 ``update`` returns ``p_new - p`` as the update (exact when the step is small
 next to p, Sterbenz) and remembers the pair; :func:`optimizers.apply_updates`
 given that update and that param returns ``p_new`` itself, so inside one jit
@@ -45,8 +46,10 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
-TARGET = "fnn_adam_f32"
-_SOURCE = Path(__file__).with_name("_kernels") / "adam.cc"
+# custom-call target -> symbol of its handler in _kernels/steps.cc
+TARGETS = {"fnn_adam_f32": "FnnAdamF32", "fnn_scaled_f32": "FnnScaledF32",
+           "fnn_momentum_f32": "FnnMomentumF32"}
+_SOURCE = Path(__file__).with_name("_kernels") / "steps.cc"
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
 _state: dict[str, Any] = {}
 
@@ -75,7 +78,7 @@ def _build() -> Path:
         compiler.encode(), platform.machine().encode(), _cpu_signature().encode(),
     ])).hexdigest()[:16]
     cache = Path(os.environ.get("FNN_CACHE_DIR", Path.home() / ".cache" / "fnn"))
-    library = cache / f"libfnn_adam_{key}.so"
+    library = cache / f"libfnn_steps_{key}.so"
     if library.exists():
         return library
     cache.mkdir(parents=True, exist_ok=True)
@@ -96,27 +99,29 @@ def _build() -> Path:
 
 
 def available() -> bool:
-    """Whether the CPU kernel is built and registered (builds it on the first call)."""
+    """Whether the CPU kernels are built and registered (builds them on the first call)."""
     if "ok" not in _state:
         if os.environ.get("FNN_FUSED", "1") == "0":
             _state["ok"] = False
             return False
         try:
             library = ctypes.cdll.LoadLibrary(str(_build()))
-            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.FnnAdamF32),
-                                        platform="cpu")
+            for target, symbol in TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                            platform="cpu")
             _state["library"] = library  # keep the handler's code loaded
             _state["ok"] = True
         except Exception as error:  # noqa: BLE001 - any failure means: use the XLA rule
-            warnings.warn(f"optimizers: the fused CPU Adam kernel is unavailable ({error}); "
-                          "Adam runs as plain XLA code (correct, ~1.6x slower on large leaves).",
+            warnings.warn(f"optimizers: the fused CPU optimizer kernels are unavailable ({error}); "
+                          "optimizers run as plain XLA code (correct; Adam ~1.7x slower on large "
+                          "leaves).",
                           RuntimeWarning, stacklevel=2)
             _state["ok"] = False
     return _state["ok"]
 
 
 def eligible(g: Any, p: Any, *moments: Any) -> bool:
-    """A leaf the kernel takes: float32 gradient, param and moments, ≥ MIN_SIZE elements."""
+    """A leaf the kernels take: float32 gradient, param and moments, ≥ MIN_SIZE elements."""
     arrays = (g, p, *moments)
     return (p is not None
             and all(jnp.result_type(x) == jnp.float32 for x in arrays)
@@ -147,67 +152,106 @@ def adam_coefficients(count, learning_rate, b1, b2, eps, weight_decay=0.0,
                       jnp.asarray(eps, jnp.float32), decay]).astype(jnp.float32)
 
 
+def scaled_coefficients(keep, add, learning_rate, eps, eps_in_sqrt: bool) -> jax.Array:
+    """AdaGrad's (keep = add = 1) and RMSProp's (keep = ρ, add = 1 − ρ) scalars."""
+    values = [keep, add, learning_rate, eps, 1.0 if eps_in_sqrt else 0.0]
+    return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
+
+
+def momentum_coefficients(momentum, learning_rate, nesterov: bool) -> jax.Array:
+    """Momentum's scalars: [μ, η, nesterov]."""
+    values = [momentum, learning_rate, 1.0 if nesterov else 0.0]
+    return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
+
+
+def _columns(coef, n):
+    return (coef[..., i] for i in range(n))
+
+
 def adam_reference(coef, g, p, m, v):
-    """The kernel's formula in jnp: (p_new, m_new, v_new)."""
-    b1, k1, b2, k2, step, inv_sqrt_c2, eps, decay = (coef[..., i] for i in range(8))
+    """The Adam kernel's formula in jnp: (p_new, m_new, v_new)."""
+    b1, k1, b2, k2, step, inv_sqrt_c2, eps, decay = _columns(coef, 8)
     m = b1 * m + k1 * g
     v = b2 * v + k2 * g * g
     return p - step * m / (jnp.sqrt(v) * inv_sqrt_c2 + eps) - decay * p, m, v
 
 
-def _kernel(coef, g, p, m, v):
-    out = jax.ShapeDtypeStruct(p.shape, p.dtype)
-    # In place: the outputs alias p, m, v (donate them, or XLA copies them
-    # first; without the aliases a donated step allocated fresh buffers, 10x slower).
-    return jax.ffi.ffi_call(TARGET, (out, out, out),
-                            input_output_aliases={1: 0, 2: 1, 3: 2})(g, p, m, v, coef)
+def scaled_reference(coef, g, p, s):
+    """The AdaGrad/RMSProp kernel's formula in jnp: (p_new, s_new)."""
+    keep, add, lr, eps, eps_in_sqrt = _columns(coef, 5)
+    s = keep * s + add * g * g
+    denominator = jnp.where(eps_in_sqrt != 0, jnp.sqrt(s + eps), jnp.sqrt(s) + eps)
+    return p - lr * g / denominator, s
 
 
-# Elementwise, so on sharded arrays each device steps its own shard: without
-# this rule the partitioner would gather every array onto every device.
-_sharded_kernel = custom_partitioning(_kernel)
+def momentum_reference(coef, g, p, u):
+    """The Momentum kernel's formula in jnp: (p_new, u_new)."""
+    mu, lr, nesterov = _columns(coef, 3)
+    u = mu * u + g
+    return p - lr * jnp.where(nesterov != 0, g + mu * u, u), u
 
 
-def _same_sharding(mesh, arg_shapes, result_shape):
-    return (arg_shapes[2].sharding,) * 3
+def _one_pass(target: str, reference, moments: int):
+    """``step(coef, g, p, *moments) -> (p_new, *moments_new)``: the kernel ``target`` on the
+    CPU, ``reference`` elsewhere, under vmap and for derivatives."""
+    outputs = 1 + moments
+
+    def kernel(coef, g, p, *state):
+        out = jax.ShapeDtypeStruct(p.shape, p.dtype)
+        # In place: the outputs alias p and the moments (inputs 1, 2, … of the call).
+        # Donate them, or XLA copies them first; without the aliases a donated
+        # step allocated fresh buffers and ran 10x slower.
+        return tuple(jax.ffi.ffi_call(
+            target, (out,) * outputs,
+            input_output_aliases={1 + i: i for i in range(outputs)})(g, p, *state, coef))
+
+    # Elementwise, so on sharded arrays each device steps its own shard: without
+    # this rule the partitioner would gather every array onto every device.
+    fixed = {1: lambda coef, g, p, a: kernel(coef, g, p, a),
+             2: lambda coef, g, p, a, b: kernel(coef, g, p, a, b)}[moments]
+    sharded = custom_partitioning(fixed)
+
+    def same_sharding(mesh, arg_shapes, result_shape):
+        return (arg_shapes[2].sharding,) * outputs
+
+    def partition(mesh, arg_shapes, result_shape):
+        shard = arg_shapes[2].sharding
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return mesh, fixed, (shard,) * outputs, (replicated,) + (shard,) * (1 + outputs)
+
+    sharded.def_partition(
+        partition=partition, infer_sharding_from_operands=same_sharding,
+        sharding_rule=f"c, {', '.join(['...'] * (1 + outputs))} -> {', '.join(['...'] * outputs)}",
+        need_replication_factors=("c",))
+
+    @custom_batching.custom_vmap
+    def kernel_or_reference(coef, g, p, *state):
+        cpu = sharded if available() else reference  # available() registers the targets
+        return tuple(jax.lax.platform_dependent(coef, g, p, *state, cpu=cpu, default=reference))
+
+    @kernel_or_reference.def_vmap
+    def batched(axis_size, in_batched, coef, g, p, *state):
+        # Under vmap (e.g. many learning rates at once) coefficients differ per model:
+        # run the jnp formula, batched, instead of the kernel.
+        args = [x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                for x, b in zip((coef, g, p, *state), in_batched)]
+        coef = args[0].reshape(axis_size, *([1] * (args[2].ndim - 1)), args[0].shape[-1])
+        return reference(coef, *args[1:]), (True,) * outputs
+
+    @jax.custom_jvp
+    def step(coef, g, p, *state):
+        return kernel_or_reference(coef, g, p, *state)
+
+    step.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    return step
 
 
-def _partition(mesh, arg_shapes, result_shape):
-    shard = arg_shapes[2].sharding
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return mesh, _kernel, (shard,) * 3, (replicated, shard, shard, shard, shard)
-
-
-_sharded_kernel.def_partition(
-    partition=_partition, infer_sharding_from_operands=_same_sharding,
-    sharding_rule="c, ..., ..., ..., ... -> ..., ..., ...", need_replication_factors=("c",))
-
-
-@custom_batching.custom_vmap
-def _kernel_or_reference(coef, g, p, m, v):
-    return tuple(jax.lax.platform_dependent(coef, g, p, m, v, cpu=_sharded_kernel,
-                                            default=adam_reference))
-
-
-@_kernel_or_reference.def_vmap
-def _batched(axis_size, in_batched, coef, g, p, m, v):
-    # Under vmap (e.g. many learning rates at once) coefficients differ per model:
-    # run the jnp formula, batched, instead of the kernel.
-    args = [x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-            for x, b in zip((coef, g, p, m, v), in_batched)]
-    coef = args[0].reshape(axis_size, *([1] * (args[2].ndim - 1)), 8)
-    return adam_reference(coef, *args[1:]), (True, True, True)
-
-
-@jax.custom_jvp
-def adam_step(coef, g, p, m, v):
-    """One Adam step of one float32 leaf, in one pass on the CPU: (p_new, m_new, v_new)."""
-    return _kernel_or_reference(coef, g, p, m, v)
-
-
-@adam_step.defjvp
-def _adam_step_jvp(primals, tangents):
-    return jax.jvp(adam_reference, primals, tangents)
+adam_step = _one_pass("fnn_adam_f32", adam_reference, 2)
+adam_step.__doc__ = "One Adam step of a float32 leaf, one pass on the CPU: (p, m, v) new."
+scaled_step = _one_pass("fnn_scaled_f32", scaled_reference, 1)
+scaled_step.__doc__ = "One AdaGrad/RMSProp step of a float32 leaf: (p, s) new."
+momentum_step = _one_pass("fnn_momentum_f32", momentum_reference, 1)
+momentum_step.__doc__ = "One Momentum step of a float32 leaf: (p, u) new."
 
 
 # --------------------------------------------------------------------------- apply

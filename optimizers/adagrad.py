@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _fused
 from ._base import Optimizer, from_rule
 
 
@@ -59,4 +60,7 @@ def adagrad(
         {"learning_rate": learning_rate, "eps": eps, "initial_accumulator": initial_accumulator},
         moments=("sum_of_squares",), moment_init={"sum_of_squares": "initial_accumulator"},
         moment_dtype=moment_dtype,
+        fused=(lambda count, learning_rate, eps, initial_accumulator:
+               _fused.scaled_coefficients(1.0, 1.0, learning_rate, eps, eps_in_sqrt),
+               _fused.scaled_step),
     )

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _validate
+from . import _fused, _validate
 from ._base import Optimizer, from_rule
 
 
@@ -84,5 +84,11 @@ def rmsprop(
             return -learning_rate * scaled, tuple(new)
         return leaf
 
+    # The one-pass kernel covers the plain form (one moment); centered and momentum
+    # variants run as XLA code.
+    fused = None if len(moments) > 1 else (
+        lambda count, learning_rate, decay, eps:
+        _fused.scaled_coefficients(decay, 1 - decay, learning_rate, eps, eps_in_sqrt),
+        _fused.scaled_step)
     return from_rule("rmsprop", rule, RmspropState, hyperparams,
-                     moments=moments, moment_dtype=moment_dtype)
+                     moments=moments, moment_dtype=moment_dtype, fused=fused)

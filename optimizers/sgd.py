@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from . import _fused
 from ._base import Optimizer, from_rule
 
 
@@ -76,4 +77,7 @@ def momentum(
         "momentum", rule, MomentumState,
         {"learning_rate": learning_rate, "momentum": momentum},
         moments=("velocity",), moment_dtype=moment_dtype,
+        fused=(lambda count, learning_rate, momentum:
+               _fused.momentum_coefficients(momentum, learning_rate, nesterov),
+               _fused.momentum_step),
     )

@@ -1,4 +1,4 @@
-"""The one-pass CPU Adam kernel (optimizers/_fused.py, _kernels/adam.cc).
+"""The one-pass CPU optimizer kernels (optimizers/_fused.py, _kernels/steps.cc).
 
 It must change speed only: the same numbers as the plain rule (float tolerance),
 under jit, vmap, grad, wrappers, packing and sharding, and a clear fallback
@@ -92,6 +92,52 @@ def test_kernel_matches_a_float64_numpy_reference(t, weight_decay, bias_correcti
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("keep, add, eps, eps_in_sqrt",
+                         [(1.0, 1.0, 1e-7, False), (1.0, 1.0, 1e-7, True),
+                          (0.9, 0.1, 1e-8, False), (0.99, 0.01, 1e-8, True)])
+def test_scaled_kernel_matches_a_float64_numpy_reference(keep, add, eps, eps_in_sqrt):
+    """AdaGrad (keep = add = 1) and RMSProp (keep = ρ, add = 1 − ρ), both ε conventions."""
+    g, p, _, s = arrays(11)
+    lr = 1e-2
+    coef = _fused.scaled_coefficients(keep, add, lr, eps, eps_in_sqrt)
+    step = jax.jit(_fused.scaled_step)
+    assert "fnn_scaled_f32" in step.lower(coef, g, p, s).as_text()
+    new_p, new_s = (np.asarray(x, np.float64) for x in step(coef, g, p, s))
+    keep, add, lr, eps = (float(np.float32(x)) for x in (keep, add, lr, eps))
+    g64, p64, s64 = (x.astype(np.float64) for x in (g, p, s))
+    ref_s = keep * s64 + add * g64 * g64
+    ref_p = p64 - lr * g64 / (np.sqrt(ref_s + eps) if eps_in_sqrt else np.sqrt(ref_s) + eps)
+    ulp = np.finfo(np.float32).eps
+    assert np.all(np.abs(new_s - ref_s) <= 4 * ulp * ref_s)
+    step_err = np.abs((new_p - p64) - (ref_p - p64))
+    assert np.all(step_err <= 1e-5 * np.abs(ref_p - p64) + 2 * np.spacing(np.abs(p)))
+    twin = jax.jit(_fused.scaled_reference)(coef, g, p, s)
+    np.testing.assert_allclose(new_p, twin[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(new_s, twin[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_kernel_matches_a_float64_numpy_reference(nesterov):
+    g, p, u, _ = arrays(12)
+    mu, lr = 0.9, 1e-2
+    coef = _fused.momentum_coefficients(mu, lr, nesterov)
+    step = jax.jit(_fused.momentum_step)
+    assert "fnn_momentum_f32" in step.lower(coef, g, p, u).as_text()
+    new_p, new_u = (np.asarray(x, np.float64) for x in step(coef, g, p, u))
+    mu, lr = float(np.float32(mu)), float(np.float32(lr))
+    g64, p64, u64 = (x.astype(np.float64) for x in (g, p, u))
+    ref_u = mu * u64 + g64
+    ref_p = p64 - lr * (g64 + mu * ref_u if nesterov else ref_u)
+    ulp = np.finfo(np.float32).eps
+    assert np.all(np.abs(new_u - ref_u) <= 4 * ulp * (np.abs(u64) + np.abs(g64)))
+    step_err = np.abs((new_p - p64) - (ref_p - p64))
+    assert np.all(step_err <= 1e-5 * np.abs(ref_p - p64) + 4 * ulp * np.abs(lr * (np.abs(g64) + np.abs(u64)))
+                  + 2 * np.spacing(np.abs(p)))
+    twin = jax.jit(_fused.momentum_reference)(coef, g, p, u)
+    np.testing.assert_allclose(new_p, twin[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(new_u, twin[1], rtol=1e-6, atol=1e-7)
+
+
 def big_tree(seed=0):
     k = jax.random.split(jax.random.key(seed), 3)
     return {"w": jax.random.normal(k[0], (256, 300), jnp.float32),   # 76,800 ≥ MIN_SIZE
@@ -117,6 +163,12 @@ def run(tx, steps=15, params=None):
 
 
 CONFIGS = {
+    "momentum": lambda: opt.momentum(1e-2, 0.9),
+    "nesterov": lambda: opt.momentum(1e-2, 0.9, nesterov=True),
+    "adagrad": lambda: opt.adagrad(1e-2),
+    "adagrad_optax_eps": lambda: opt.adagrad(1e-2, initial_accumulator=0.1, eps_in_sqrt=True),
+    "rmsprop": lambda: opt.rmsprop(1e-3, decay=0.9),
+    "rmsprop_optax_eps": lambda: opt.rmsprop(1e-3, decay=0.9, eps_in_sqrt=True),
     "adam": lambda: opt.adam(1e-2),
     "adam_no_bias_correction": lambda: opt.adam(1e-2, bias_correction=False),
     "adam_schedule": lambda: opt.adam(opt.schedules.cosine_decay(1e-2, 20)),
@@ -128,24 +180,37 @@ CONFIGS = {
 }
 
 
+def kernels_in(step, tx):
+    text = step.lower(big_tree(), tx.init(big_tree()), 0).as_text()
+    return [t for t in _fused.TARGETS if t in text]
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_fused_steps_equal_the_plain_rule(name, plain):
     fused_params, fused_state, step = run(CONFIGS[name]())
-    if name != "accumulate":  # accumulate's inner update sits in a lax.cond branch
-        assert "fnn_adam_f32" in step.lower(big_tree(), CONFIGS[name]().init(big_tree()), 0).as_text()
+    assert len(kernels_in(step, CONFIGS[name]())) == 1
     plain()
     plain_params, plain_state, step = run(CONFIGS[name]())
-    assert "fnn_adam_f32" not in step.lower(big_tree(), CONFIGS[name]().init(big_tree()), 0).as_text()
+    assert not kernels_in(step, CONFIGS[name]())
     for a, b in zip(jax.tree_util.tree_leaves((fused_params, fused_state)),
                     jax.tree_util.tree_leaves((plain_params, plain_state))):
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                    rtol=2e-5, atol=2e-6)
 
 
-def test_a_donated_step_is_one_pass_in_place():
-    """One custom call updates p, m, v in place; no XLA loop re-reads the big arrays."""
+def test_variants_without_a_kernel_run_the_plain_rule():
+    """Centered RMSProp and RMSProp with momentum keep more moments than the kernel."""
+    for tx in (opt.rmsprop(1e-3, centered=True), opt.rmsprop(1e-3, momentum=0.9)):
+        _, _, step = run(tx, steps=1)
+        assert not kernels_in(step, tx)
+
+
+@pytest.mark.parametrize("tx, target", [(opt.adam(1e-3), "fnn_adam_f32"),
+                                        (opt.adagrad(1e-3), "fnn_scaled_f32"),
+                                        (opt.momentum(1e-3, 0.9), "fnn_momentum_f32")])
+def test_a_donated_step_is_one_pass_in_place(tx, target):
+    """One custom call updates p and moments in place; no XLA loop re-reads the big arrays."""
     params = {"w": jnp.zeros((512, 512), jnp.float32)}
-    tx = opt.adam(1e-3)
 
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
@@ -154,7 +219,7 @@ def test_a_donated_step_is_one_pass_in_place():
     hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params)
     text = hlo.compile().as_text()
     entry = text[text.index("ENTRY"):]
-    assert entry.count('custom_call_target="fnn_adam_f32"') == 1
+    assert entry.count(f'custom_call_target="{target}"') == 1
     assert "output_to_operand_aliasing" in entry
     big_fusions = [line for line in entry.splitlines()
                    if "f32[512,512]" in line.split("=")[1 if "=" in line else 0] and "fusion(" in line]
@@ -286,7 +351,7 @@ def test_without_a_compiler_adam_falls_back_with_a_warning(tmp_path):
             warnings.simplefilter("always")
             updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
         assert not _fused.available()
-        assert any("fused CPU Adam kernel is unavailable" in str(w.message) for w in caught), caught
+        assert any("fused CPU optimizer kernels are unavailable" in str(w.message) for w in caught), caught
         assert "fnn_adam_f32" not in jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
         g = np.asarray(params["w"], np.float64)  # first step: m̂ = g, √v̂ = |g|
         np.testing.assert_allclose(updates["w"], -1e-2 * g / (np.abs(g) + 1e-8), rtol=1e-5, atol=1e-9)

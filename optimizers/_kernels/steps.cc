@@ -1,0 +1,210 @@
+// One-pass optimizer steps for float32 buffers on the CPU, as XLA FFI custom calls.
+//
+// XLA:CPU emits one loop per output of a jitted optimizer step (the param and
+// each moment), each re-reading the gradient: Adam moves ~40 bytes per param
+// where one pass needs 28. These kernels do the single pass, in place (the
+// outputs alias the param and moment inputs), in chunks shared by the calling
+// thread and XLA's intra-op thread pool. optimizers/_fused.py holds the same
+// formulas in jnp (used off the CPU, under vmap and for derivatives); tests
+// check that both agree with float64 NumPy references.
+//
+// FnnAdamF32 (g, p, m, v, coef) -> (p, m, v),
+//   coef = [b1, 1 - b1, b2, 1 - b2, step, inv_sqrt_c2, eps, decay]:
+//   m ← b1 m + (1 − b1) g;  v ← b2 v + (1 − b2) g²
+//   p ← p − step · m / (√v · inv_sqrt_c2 + eps) − decay · p
+//   (step = η / (1 − β₁ᵗ), inv_sqrt_c2 = 1 / √(1 − β₂ᵗ), decay = η λ for AdamW).
+// FnnScaledF32 (g, p, s, coef) -> (p, s), AdaGrad and RMSProp,
+//   coef = [keep, add, lr, eps, eps_in_sqrt]:
+//   s ← keep · s + add · g²;  p ← p − lr · g / (√s + eps)   (eps_in_sqrt: / √(s + eps)).
+// FnnMomentumF32 (g, p, u, coef) -> (p, u), coef = [momentum, lr, nesterov]:
+//   u ← momentum · u + g;  p ← p − lr · u   (nesterov: p ← p − lr · (g + momentum · u)).
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;  // elements per task: 256 KiB of each array
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+// In place (out == in) each element is read before it is written and no other
+// element is touched, so the restrict promise holds element by element.
+#define R __restrict__
+
+void AdamRange(const float* R g, const float* R p, const float* R m, const float* R v,
+               float* R p_out, float* R m_out, float* R v_out, int64_t n, const float* c) {
+  const float b1 = c[0], k1 = c[1], b2 = c[2], k2 = c[3];
+  const float step = c[4], inv_sqrt_c2 = c[5], eps = c[6], decay = c[7];
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i], pi = p[i];
+    const float mi = b1 * m[i] + k1 * gi;
+    const float vi = b2 * v[i] + k2 * gi * gi;
+    m_out[i] = mi;
+    v_out[i] = vi;
+    p_out[i] = pi - step * mi / (std::sqrt(vi) * inv_sqrt_c2 + eps) - decay * pi;
+  }
+}
+
+void ScaledRange(const float* R g, const float* R p, const float* R s, float* R p_out,
+                 float* R s_out, int64_t n, const float* c) {
+  const float keep = c[0], add = c[1], lr = c[2], eps = c[3];
+  if (c[4] != 0.0f) {  // eps inside the square root (optax's convention)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i], si = keep * s[i] + add * gi * gi;
+      s_out[i] = si;
+      p_out[i] = p[i] - lr * gi / std::sqrt(si + eps);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i], si = keep * s[i] + add * gi * gi;
+      s_out[i] = si;
+      p_out[i] = p[i] - lr * gi / (std::sqrt(si) + eps);
+    }
+  }
+}
+
+void MomentumRange(const float* R g, const float* R p, const float* R u, float* R p_out,
+                   float* R u_out, int64_t n, const float* c) {
+  const float mu = c[0], lr = c[1];
+  if (c[2] != 0.0f) {  // Nesterov
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i], ui = mu * u[i] + gi;
+      u_out[i] = ui;
+      p_out[i] = p[i] - lr * (gi + mu * ui);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float ui = mu * u[i] + g[i];
+      u_out[i] = ui;
+      p_out[i] = p[i] - lr * ui;
+    }
+  }
+}
+
+// Runs body(lo, len) over [0, n) in chunks, on the calling thread and the pool.
+template <typename Body>
+void Parallel(ffi::ThreadPool& pool, int64_t n, Body body) {
+  struct Job {
+    explicit Job(Body b) : body(std::move(b)) {}
+    Body body;
+    int64_t n = 0, chunks = 0;
+    std::atomic<int64_t> next{0}, done{0};
+    void Run() {  // claims chunks until none is left; any number of threads may call it
+      for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
+        const int64_t lo = c * kChunk;
+        body(lo, lo + kChunk < n ? kChunk : n - lo);
+        done.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  // Shared with pool tasks that may start after this call returned (they then
+  // find no chunk left), hence the shared_ptr.
+  auto job = std::make_shared<Job>(std::move(body));
+  job->n = n;
+  job->chunks = (n + kChunk - 1) / kChunk;
+  // The calling thread works too, so one helper fewer than the pool has threads
+  // (measured: as many helpers as pool threads oversubscribe two cores, 4.4 vs 4.2 ms
+  // for a 10M Adam step).
+  int64_t helpers = pool.num_threads() - 1;
+  if (helpers > job->chunks - 1) helpers = job->chunks - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Run(); });
+  job->Run();
+  while (job->done.load(std::memory_order_acquire) < job->chunks) {
+  }
+}
+
+bool SameSize(int64_t n, std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes) {
+    if (s != n) return false;
+  }
+  return true;
+}
+
+ffi::Error Adam(ffi::ThreadPool pool, F32 g, F32 p, F32 m, F32 v, F32 coef, F32Out p_out,
+                F32Out m_out, F32Out v_out) {
+  const int64_t n = g.element_count();
+  if (!SameSize(n, {p.element_count(), m.element_count(), v.element_count()}) ||
+      coef.element_count() != 8) {
+    return ffi::Error::InvalidArgument("fnn_adam_f32: g, p, m, v must have one size; coef 8");
+  }
+  const float *gd = g.typed_data(), *pd = p.typed_data(), *md = m.typed_data(),
+              *vd = v.typed_data(), *c = coef.typed_data();
+  float *po = p_out->typed_data(), *mo = m_out->typed_data(), *vo = v_out->typed_data();
+  Parallel(pool, n, [=](int64_t lo, int64_t len) {
+    AdamRange(gd + lo, pd + lo, md + lo, vd + lo, po + lo, mo + lo, vo + lo, len, c);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Scaled(ffi::ThreadPool pool, F32 g, F32 p, F32 s, F32 coef, F32Out p_out,
+                  F32Out s_out) {
+  const int64_t n = g.element_count();
+  if (!SameSize(n, {p.element_count(), s.element_count()}) || coef.element_count() != 5) {
+    return ffi::Error::InvalidArgument("fnn_scaled_f32: g, p, s must have one size; coef 5");
+  }
+  const float *gd = g.typed_data(), *pd = p.typed_data(), *sd = s.typed_data(),
+              *c = coef.typed_data();
+  float *po = p_out->typed_data(), *so = s_out->typed_data();
+  Parallel(pool, n, [=](int64_t lo, int64_t len) {
+    ScaledRange(gd + lo, pd + lo, sd + lo, po + lo, so + lo, len, c);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Momentum(ffi::ThreadPool pool, F32 g, F32 p, F32 u, F32 coef, F32Out p_out,
+                    F32Out u_out) {
+  const int64_t n = g.element_count();
+  if (!SameSize(n, {p.element_count(), u.element_count()}) || coef.element_count() != 3) {
+    return ffi::Error::InvalidArgument("fnn_momentum_f32: g, p, u must have one size; coef 3");
+  }
+  const float *gd = g.typed_data(), *pd = p.typed_data(), *ud = u.typed_data(),
+              *c = coef.typed_data();
+  float *po = p_out->typed_data(), *uo = u_out->typed_data();
+  Parallel(pool, n, [=](int64_t lo, int64_t len) {
+    MomentumRange(gd + lo, pd + lo, ud + lo, po + lo, uo + lo, len, c);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledF32, Scaled,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumF32, Momentum,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
