@@ -72,9 +72,10 @@ def _build() -> Path:
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     include = jax.ffi.include_dir()
-    source = _SOURCE.read_bytes()
+    headers = sorted(Path(include, "xla", "ffi", "api").glob("*.h"))
+    # The headers' contents, not their path: every virtualenv of one jax version shares a build.
     key = hashlib.sha256(b"\0".join([
-        source, jax.__version__.encode(), include.encode(), " ".join(_FLAGS).encode(),
+        _SOURCE.read_bytes(), *(h.read_bytes() for h in headers), " ".join(_FLAGS).encode(),
         compiler.encode(), platform.machine().encode(), _cpu_signature().encode(),
     ])).hexdigest()[:16]
     cache = Path(os.environ.get("FNN_CACHE_DIR", Path.home() / ".cache" / "fnn"))
