@@ -21,7 +21,9 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <utility>
 
@@ -122,8 +124,8 @@ void Parallel(ffi::ThreadPool& pool, int64_t n, Body body) {
   }
 }
 
-bool SameSize(int64_t n, std::initializer_list<int64_t> sizes) {
-  for (int64_t s : sizes) {
+bool SameSize(size_t n, std::initializer_list<size_t> sizes) {
+  for (size_t s : sizes) {
     if (s != n) return false;
   }
   return true;
@@ -132,7 +134,7 @@ bool SameSize(int64_t n, std::initializer_list<int64_t> sizes) {
 ffi::Error Adam(ffi::ThreadPool pool, F32 g, F32 p, F32 m, F32 v, F32 coef, F32Out p_out,
                 F32Out m_out, F32Out v_out) {
   const int64_t n = g.element_count();
-  if (!SameSize(n, {p.element_count(), m.element_count(), v.element_count()}) ||
+  if (!SameSize(g.element_count(), {p.element_count(), m.element_count(), v.element_count()}) ||
       coef.element_count() != 8) {
     return ffi::Error::InvalidArgument("fnn_adam_f32: g, p, m, v must have one size; coef 8");
   }
@@ -145,32 +147,23 @@ ffi::Error Adam(ffi::ThreadPool pool, F32 g, F32 p, F32 m, F32 v, F32 coef, F32O
   return ffi::Error::Success();
 }
 
-ffi::Error Scaled(ffi::ThreadPool pool, F32 g, F32 p, F32 s, F32 coef, F32Out p_out,
-                  F32Out s_out) {
+// AdaGrad/RMSProp and Momentum: one moment, `coefs` scalars, `Range` per chunk.
+template <void (*Range)(const float*, const float*, const float*, float*, float*, int64_t,
+                        const float*),
+          int64_t coefs>
+ffi::Error OneMoment(ffi::ThreadPool pool, F32 g, F32 p, F32 s, F32 coef, F32Out p_out,
+                     F32Out s_out) {
   const int64_t n = g.element_count();
-  if (!SameSize(n, {p.element_count(), s.element_count()}) || coef.element_count() != 5) {
-    return ffi::Error::InvalidArgument("fnn_scaled_f32: g, p, s must have one size; coef 5");
+  if (!SameSize(g.element_count(), {p.element_count(), s.element_count()}) ||
+      coef.element_count() != static_cast<size_t>(coefs)) {
+    return ffi::Error::InvalidArgument("fnn one-moment step: g, p and the moment must have "
+                                       "one size, coef the kernel's count of scalars");
   }
   const float *gd = g.typed_data(), *pd = p.typed_data(), *sd = s.typed_data(),
               *c = coef.typed_data();
   float *po = p_out->typed_data(), *so = s_out->typed_data();
   Parallel(pool, n, [=](int64_t lo, int64_t len) {
-    ScaledRange(gd + lo, pd + lo, sd + lo, po + lo, so + lo, len, c);
-  });
-  return ffi::Error::Success();
-}
-
-ffi::Error Momentum(ffi::ThreadPool pool, F32 g, F32 p, F32 u, F32 coef, F32Out p_out,
-                    F32Out u_out) {
-  const int64_t n = g.element_count();
-  if (!SameSize(n, {p.element_count(), u.element_count()}) || coef.element_count() != 3) {
-    return ffi::Error::InvalidArgument("fnn_momentum_f32: g, p, u must have one size; coef 3");
-  }
-  const float *gd = g.typed_data(), *pd = p.typed_data(), *ud = u.typed_data(),
-              *c = coef.typed_data();
-  float *po = p_out->typed_data(), *uo = u_out->typed_data();
-  Parallel(pool, n, [=](int64_t lo, int64_t len) {
-    MomentumRange(gd + lo, pd + lo, ud + lo, po + lo, uo + lo, len, c);
+    Range(gd + lo, pd + lo, sd + lo, po + lo, so + lo, len, c);
   });
   return ffi::Error::Success();
 }
@@ -189,22 +182,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
                                   .Ret<F32>()
                                   .Ret<F32>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledF32, Scaled,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
+#define FNN_ONE_MOMENT_BINDING                                                         \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>() \
+      .Ret<F32>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumF32, Momentum,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledF32, (OneMoment<ScaledRange, 5>), FNN_ONE_MOMENT_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumF32, (OneMoment<MomentumRange, 3>),
+                              FNN_ONE_MOMENT_BINDING);
