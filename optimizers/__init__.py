@@ -18,6 +18,9 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
   :mod:`optimizers.schedules`).
 * Updates keep the param dtype; hyperparameters are float32 at least (float64
   for float64 params); low-precision leaves are computed in float32.
+* On the CPU, large float32 leaves of Adam/AdamW, Momentum, AdaGrad and RMSProp
+  are stepped in one pass by ``jax.ffi`` kernels (:mod:`optimizers._fused`);
+  the numbers are those of the plain rule to float32 rounding.
 """
 
 from . import schedules
