@@ -61,21 +61,30 @@ def matmul_with_wrong_weight_gradient(scale):
     return matmul
 
 
-def test_directional_mode_names_the_one_wrong_weight_matrix_of_an_mlp():
+def tanh_mlp(sizes, batch):
+    """Params, inputs and integer labels of a float64 tanh MLP with ``sizes``."""
     rng = np.random.default_rng(0)
-    sizes = [30, 20, 10, 5]
     params = [{"w": rng.normal(size=(a, b)) / np.sqrt(a), "b": rng.normal(size=b) * 0.1}
               for a, b in zip(sizes[:-1], sizes[1:])]
-    x = rng.normal(size=(8, 30))
-    labels = np.arange(8) % 5
+    return params, rng.normal(size=(batch, sizes[0])), np.arange(batch) % sizes[-1]
+
+
+def tanh_mlp_loss(params, x, labels, matmul=lambda i, h, w: h @ w):
+    """Mean cross-entropy of the MLP; ``matmul(i, h, w)`` computes layer i's product."""
+    h = x
+    for i, layer in enumerate(params):
+        h = matmul(i, h, layer["w"]) + layer["b"]
+        h = jnp.tanh(h) if i < len(params) - 1 else h
+    return -jnp.mean(jax.nn.log_softmax(h)[np.arange(len(labels)), labels])
+
+
+def test_directional_mode_names_the_one_wrong_weight_matrix_of_an_mlp():
+    params, x, labels = tanh_mlp([30, 20, 10, 5], batch=8)
     buggy = matmul_with_wrong_weight_gradient(1.01)
 
     def loss(params, x, labels):
-        h = x
-        for i, layer in enumerate(params):
-            h = (buggy(h, layer["w"]) if i == 1 else h @ layer["w"]) + layer["b"]
-            h = jnp.tanh(h) if i < len(params) - 1 else h
-        return -jnp.mean(jax.nn.log_softmax(h)[np.arange(8), labels])
+        return tanh_mlp_loss(params, x, labels,
+                             matmul=lambda i, h, w: buggy(h, w) if i == 1 else h @ w)
 
     report = check_grads(loss, params, x, labels, mode="directional", raise_on_failure=False)
     assert report.worst == "args[0][1]['w']" and report.errors["args[0][1]['w']"] > 1e-3
@@ -145,20 +154,10 @@ def test_second_order_check_catches_a_wrong_second_derivative():
 
 
 def test_directional_mode_reports_every_leaf_of_an_mlp():
-    rng = np.random.default_rng(0)
-    sizes = [64, 48, 32, 10]
-    params = [{"w": rng.normal(size=(a, b)) / np.sqrt(a), "b": rng.normal(size=b) * 0.1}
-              for a, b in zip(sizes[:-1], sizes[1:])]
-    x = rng.normal(size=(16, 64))
-    labels = np.arange(16) % 10
+    params, x, labels = tanh_mlp([64, 48, 32, 10], batch=16)
 
     def loss(params):
-        h = x
-        for i, layer in enumerate(params):
-            h = h @ layer["w"] + layer["b"]
-            if i < len(params) - 1:
-                h = jnp.tanh(h)
-        return -jnp.mean(jax.nn.log_softmax(h)[np.arange(16), labels])
+        return tanh_mlp_loss(params, x, labels)
 
     report = check_grads(loss, params, mode="directional", num_directions=3)
     assert report.passed and len(report.errors) == 6
