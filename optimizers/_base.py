@@ -293,9 +293,9 @@ def from_rule(
 
         updates, new_moments = [], [[] for _ in moments]
         for i, g in enumerate(g_leaves):
-            p = p_leaves[i]
-            if fused is not None and _fused.eligible(g, p, *[m[i] for m in m_leaves]):
-                new_p, *ms = fused[1](coefficients(keep[i]), g, p, *[m[i] for m in m_leaves])
+            p, state_i = p_leaves[i], [m[i] for m in m_leaves]
+            if fused is not None and _fused.eligible(g, p, *state_i):
+                new_p, *ms = fused[1](coefficients(keep[i]), g, p, *state_i)
                 u = new_p - p
                 _fused.remember(u, p, new_p)
                 updates.append(u)
@@ -306,10 +306,10 @@ def from_rule(
             out_dtype = jnp.result_type(p) if p is not None else g_dtype
             dtype = compute_dtype(jnp.promote_types(out_dtype, g_dtype))
             u, ms = leaf_fn(dtype, keep[i])(_cast(g, dtype), None if p is None else _cast(p, dtype),
-                                            *[_cast(m[i], dtype) for m in m_leaves])
+                                            *[_cast(m, dtype) for m in state_i])
             updates.append(_cast(u, out_dtype))
             for j, m in enumerate(ms):
-                new_moments[j].append(_cast(m, m_leaves[j][i].dtype))
+                new_moments[j].append(_cast(m, state_i[j].dtype))
         state = make_state(
             count=count,
             hyperparams=state.hyperparams,

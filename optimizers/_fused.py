@@ -67,7 +67,7 @@ def _cpu_signature() -> str:
 
 
 def _build() -> Path:
-    """Compiles the kernel (once per source, jax version, compiler flags and CPU)."""
+    """Compiles the kernels (once per source, FFI headers, compiler, flags and CPU)."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
@@ -149,19 +149,20 @@ def adam_coefficients(count, learning_rate, b1, b2, eps, weight_decay=0.0,
     else:
         step, inv_sqrt_c2 = lr, jnp.ones((), jnp.float32)
     decay = lr * jnp.asarray(weight_decay, jnp.float32)
-    return jnp.stack([b1, 1 - b1, b2, 1 - b2, step, inv_sqrt_c2,
-                      jnp.asarray(eps, jnp.float32), decay]).astype(jnp.float32)
+    return _float32_vector(b1, 1 - b1, b2, 1 - b2, step, inv_sqrt_c2, eps, decay)
 
 
 def scaled_coefficients(keep, add, learning_rate, eps, eps_in_sqrt: bool) -> jax.Array:
     """AdaGrad's (keep = add = 1) and RMSProp's (keep = ρ, add = 1 − ρ) scalars."""
-    values = [keep, add, learning_rate, eps, 1.0 if eps_in_sqrt else 0.0]
-    return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
+    return _float32_vector(keep, add, learning_rate, eps, 1.0 if eps_in_sqrt else 0.0)
 
 
 def momentum_coefficients(momentum, learning_rate, nesterov: bool) -> jax.Array:
     """Momentum's scalars: [μ, η, nesterov]."""
-    values = [momentum, learning_rate, 1.0 if nesterov else 0.0]
+    return _float32_vector(momentum, learning_rate, 1.0 if nesterov else 0.0)
+
+
+def _float32_vector(*values) -> jax.Array:
     return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
 
 
