@@ -19,24 +19,16 @@ next to p, Sterbenz) and remembers the pair; :func:`optimizers.apply_updates`
 given that update and that param returns ``p_new`` itself, so inside one jit
 the subtraction and the re-add are dead code and the step is one pass.
 
-The kernel is compiled on first use with the system C++ compiler against
-``jax.ffi.include_dir()`` and cached in ``$FNN_CACHE_DIR`` (default
-``~/.cache/fnn``). Without a compiler, or with ``FNN_FUSED=0``, the plain
-XLA rule runs and a warning says why.
+The kernels are compiled with the system C++ compiler when the first CPU
+program with a step is lowered, cached in ``$FNN_CACHE_DIR`` (default
+``~/.cache/fnn``) and loaded only after ownership, mode and content-hash checks
+(:mod:`optimizers._native`). Where that fails the same formulas run as XLA code
+after one warning; ``FNN_FUSED=0`` runs the plain rule and builds nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 import weakref
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -45,90 +37,24 @@ from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from . import _native
+from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; tests ask available()
+
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
-# custom-call target -> symbol of its handler in _kernels/steps.cc
-TARGETS = {"fnn_adam_f32": "FnnAdamF32", "fnn_scaled_f32": "FnnScaledF32",
-           "fnn_momentum_f32": "FnnMomentumF32"}
-_SOURCE = Path(__file__).with_name("_kernels") / "steps.cc"
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
-_state: dict[str, Any] = {}
-
-
-# --------------------------------------------------------------------------- building
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        return platform.processor()
-
-
-def _build() -> Path:
-    """Compiles the kernels (once per source, FFI headers, compiler, flags and CPU)."""
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    include = jax.ffi.include_dir()
-    headers = sorted(Path(include, "xla", "ffi", "api").glob("*.h"))
-    # The headers' contents, not their path: every virtualenv of one jax version shares a build.
-    key = hashlib.sha256(b"\0".join([
-        _SOURCE.read_bytes(), *(h.read_bytes() for h in headers), " ".join(_FLAGS).encode(),
-        compiler.encode(), platform.machine().encode(), _cpu_signature().encode(),
-    ])).hexdigest()[:16]
-    cache = Path(os.environ.get("FNN_CACHE_DIR", Path.home() / ".cache" / "fnn"))
-    library = cache / f"libfnn_steps_{key}.so"
-    if library.exists():
-        return library
-    cache.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent builds (pytest-xdist) each
-    # write their own file, and the rename is atomic.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-    os.close(fd)
-    try:
-        result = subprocess.run([compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp],
-                                capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed:\n{result.stderr[-2000:]}")
-        os.replace(tmp, library)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return library
-
-
-def available() -> bool:
-    """Whether the CPU kernels are built and registered (builds them on the first call)."""
-    if "ok" not in _state:
-        if os.environ.get("FNN_FUSED", "1") == "0":
-            _state["ok"] = False
-            return False
-        try:
-            library = ctypes.cdll.LoadLibrary(str(_build()))
-            for target, symbol in TARGETS.items():
-                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                            platform="cpu")
-            _state["library"] = library  # keep the handler's code loaded
-            _state["ok"] = True
-        except Exception as error:  # noqa: BLE001 - any failure means: use the XLA rule
-            warnings.warn(f"optimizers: the fused CPU optimizer kernels are unavailable ({error}); "
-                          "optimizers run as plain XLA code (correct; Adam ~1.7x slower on large "
-                          "leaves).",
-                          RuntimeWarning, stacklevel=2)
-            _state["ok"] = False
-    return _state["ok"]
 
 
 def eligible(g: Any, p: Any, *moments: Any) -> bool:
-    """A leaf the kernels take: float32 gradient, param and moments, ≥ MIN_SIZE elements."""
+    """A leaf the kernels take: float32 gradient, param and moments, ≥ MIN_SIZE elements.
+
+    Decided at trace time without building anything (the kernels are built when a CPU
+    program is lowered); False for every leaf when ``FNN_FUSED=0``.
+    """
     arrays = (g, p, *moments)
     return (p is not None
             and all(jnp.result_type(x) == jnp.float32 for x in arrays)
             and all(jnp.shape(x) == jnp.shape(p) for x in arrays)
             and jnp.size(p) >= MIN_SIZE
-            and available())
+            and _native.enabled())
 
 
 # --------------------------------------------------------------------------- the step
@@ -197,15 +123,9 @@ def _one_pass(target: str, reference, moments: int):
     """``step(coef, g, p, *moments) -> (p_new, *moments_new)``: the kernel ``target`` on the
     CPU, ``reference`` elsewhere, under vmap and for derivatives."""
     outputs = 1 + moments
-
-    def kernel(coef, g, p, *state):
-        out = jax.ShapeDtypeStruct(p.shape, p.dtype)
-        # In place: the outputs alias p and the moments (inputs 1, 2, … of the call).
-        # Donate them, or XLA copies them first; without the aliases a donated
-        # step allocated fresh buffers and ran 10x slower.
-        return tuple(jax.ffi.ffi_call(
-            target, (out,) * outputs,
-            input_output_aliases={1 + i: i for i in range(outputs)})(g, p, *state, coef))
+    # In place (the outputs alias p and the moments): donate them, or XLA copies them
+    # first. Built when first lowered for the CPU; the reference formula where it cannot be.
+    kernel = _native.kernel_call(target, reference, outputs)
 
     # Elementwise, so on sharded arrays each device steps its own shard: without
     # this rule the partitioner would gather every array onto every device.
@@ -228,8 +148,8 @@ def _one_pass(target: str, reference, moments: int):
 
     @custom_batching.custom_vmap
     def kernel_or_reference(coef, g, p, *state):
-        cpu = sharded if available() else reference  # available() registers the targets
-        return tuple(jax.lax.platform_dependent(coef, g, p, *state, cpu=cpu, default=reference))
+        return tuple(jax.lax.platform_dependent(coef, g, p, *state, cpu=sharded,
+                                                default=reference))
 
     @kernel_or_reference.def_vmap
     def batched(axis_size, in_batched, coef, g, p, *state):
