@@ -337,24 +337,3 @@ def test_sharded_params_stay_sharded():
         print("ok")
     """)
     assert out.stdout.strip().endswith("ok")
-
-
-def test_without_a_compiler_adam_falls_back_with_a_warning(tmp_path):
-    out = _subprocess("""
-        import warnings
-        import jax, jax.numpy as jnp, numpy as np
-        import optimizers as opt
-        from optimizers import _fused
-        params = {"w": jnp.linspace(-1, 1, 100_000, dtype=jnp.float32)}
-        tx = opt.adam(1e-2)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
-        assert not _fused.available()
-        assert any("fused CPU optimizer kernels are unavailable" in str(w.message) for w in caught), caught
-        assert "fnn_adam_f32" not in jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
-        g = np.asarray(params["w"], np.float64)  # first step: m̂ = g, √v̂ = |g|
-        np.testing.assert_allclose(updates["w"], -1e-2 * g / (np.abs(g) + 1e-8), rtol=1e-5, atol=1e-9)
-        print("ok")
-    """, CXX=str(tmp_path / "no-such-compiler"), FNN_CACHE_DIR=str(tmp_path))
-    assert out.stdout.strip().endswith("ok")
