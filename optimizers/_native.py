@@ -336,10 +336,15 @@ def _find_or_build(dir_fd: int, directory: Path, key: str, command: list[str], w
         return check(dir_fd, name)
     except (_Rejected, OSError) as error:
         raise KernelsUnavailable(f"the freshly built library {directory / name} cannot be "
-                                 f"loaded ({error}); set CXX to another C++ compiler") from None
+                                 f"loaded ({error}); if its file system forbids executing code "
+                                 "(noexec), set FNN_CACHE_DIR to another directory, else set "
+                                 "CXX to another C++ compiler") from None
 
 
 def _load_library() -> ctypes.CDLL:
+    if os.name != "posix":
+        raise KernelsUnavailable("the kernels are built and checked on POSIX systems only "
+                                 "(Linux, macOS)")
     command = compiler_command()
     key = input_key(command)
     directory = cache_dir()
@@ -398,7 +403,7 @@ def kernel_call(target: str, reference: Callable, outputs: int) -> Callable:
     primitive.multiple_results = True
     # Operands in the kernel's order: g, p, *moments, coef; results shaped like p.
     primitive.def_abstract_eval(lambda g, p, *rest: (p,) * outputs)
-    primitive.def_impl(lambda *operands: jax.jit(primitive.bind)(*operands))
+    primitive.def_impl(jax.jit(primitive.bind))  # eager use: compiled like any jitted call
 
     def formula(g, p, *rest):
         return reference(rest[-1], g, p, *rest[:-1])
