@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -251,6 +253,27 @@ def test_cxx_is_split_like_a_shell_would(tmp_path, fake_compiler):
 # --------------------------------------------------------------------------- files that fail the checks
 
 
+def divisions_made_multiplications(library: bytearray) -> bytearray:
+    """The library with its AVX divisions (vdivps/ss, 2-byte VEX: C5 xx 5E) in .text turned
+    into multiplications (59): still a valid ELF, loadable, and wrong (or, on a CPU without
+    such code, one byte of .text changed)."""
+    header = struct.unpack_from("<QHHH", library, 0x28), struct.unpack_from("<HHH", library, 0x3A)
+    (section_headers, *_), (entry_size, count, names) = header
+    sections = [struct.unpack_from("<I20xQQ", library, section_headers + i * entry_size)
+                for i in range(count)]
+    strings = sections[names][1]
+    for name, offset, size in sections:
+        if library[strings + name:].startswith(b".text\0"):
+            text = bytes(library[offset:offset + size])
+            patched = re.sub(rb"\xc5(.)\x5e", lambda m: b"\xc5" + m[1] + b"\x59", text,
+                             flags=re.S)
+            if patched == text:
+                patched = text[:size // 2] + bytes([text[size // 2] ^ 1]) + text[size // 2 + 1:]
+            library[offset:offset + size] = patched
+            return library
+    raise AssertionError("no .text section")
+
+
 @pytest.mark.parametrize("damage", ["patched", "truncated 1000", "truncated 100000", "garbage",
                                     "empty"])
 def test_a_damaged_library_is_rebuilt(tmp_path, valid_library, fake_compiler, damage):
@@ -260,7 +283,7 @@ def test_a_damaged_library_is_rebuilt(tmp_path, valid_library, fake_compiler, da
     path = plant(cache, valid_library, command=[fake_compiler])
     content = bytearray(valid_library)
     if damage == "patched":
-        content[len(content) // 2] ^= 0x01
+        content = divisions_made_multiplications(content)
     elif damage.startswith("truncated"):
         content = content[:int(damage.split()[1])]
     elif damage == "garbage":
@@ -298,7 +321,7 @@ def test_a_planted_library_in_the_own_directory_is_not_loaded(tmp_path, planted,
 # --------------------------------------------------------------------------- builds that fail
 
 
-def test_a_killed_compiler_leaves_nothing_behind(tmp_path, fake_compiler):
+def test_a_killed_compiler_leaves_nothing_behind(tmp_path):
     cache = own_directory(tmp_path / "cache")
     killed = tmp_path / "killed-c++"
     killed.write_text('#!/bin/sh\nfor out; do :; done\nprintf partial > "$out"\nkill -9 $$\n')
@@ -306,8 +329,7 @@ def test_a_killed_compiler_leaves_nothing_behind(tmp_path, fake_compiler):
     message = fell_back(step_in(cache, tmp_path, CXX=str(killed)),
                         "killed by signal 9 (SIGKILL)", "CXX")
     assert "printed nothing" in message
-    assert os.listdir(cache) == []
-    used_kernel(step_in(cache, tmp_path, CXX=fake_compiler))  # a later run builds afresh
+    assert os.listdir(cache) == []  # so a later run builds afresh
 
 
 def test_a_process_killed_mid_build_leaves_nothing_a_later_run_trusts(tmp_path, fake_compiler):
@@ -361,20 +383,11 @@ def test_a_failing_compiler_shows_its_last_lines(tmp_path):
     assert os.listdir(cache) == []
 
 
-def test_a_compiler_that_fails_silently_says_so(tmp_path):
-    cache = own_directory(tmp_path / "cache")
-    fell_back(step_in(cache, tmp_path, CXX="false"), "CXX='false' exited with status 1 and "
-              "printed nothing", "set CXX")
-    assert os.listdir(cache) == []
-
-
 def test_no_compiler(tmp_path):
     cache = own_directory(tmp_path / "cache")
     missing = str(tmp_path / "no-such-c++")
     fell_back(step_in(cache, tmp_path, CXX=missing), f"no program {missing!r} found", "CXX")
-    empty = own_directory(tmp_path / "empty-path")
-    fell_back(step_in(cache, tmp_path, CXX="", PATH=str(empty)), "no C++ compiler found", "CXX")
-    assert os.listdir(cache) == []
+    assert os.listdir(cache) == []  # (no compiler on PATH, CXX unset: tests/bad_inputs)
 
 
 # --------------------------------------------------------------------------- directories that cannot be used
@@ -393,12 +406,11 @@ def test_a_read_only_directory_is_not_written(tmp_path, valid_library):
     used_kernel(step_in(cache, tmp_path))
 
 
-@pytest.mark.parametrize("under", [False, True])
-def test_a_file_as_the_directory(tmp_path, under):
+def test_a_file_as_the_directory(tmp_path):
+    """(A file as a parent of the directory: tests/bad_inputs.)"""
     file = tmp_path / "file"
     file.write_text("not a directory")
-    cache = file / "fnn" if under else file
-    fell_back(step_in(cache, tmp_path), f"{file} is not a directory", "FNN_CACHE_DIR")
+    fell_back(step_in(file, tmp_path), f"{file} is not a directory", "FNN_CACHE_DIR")
     assert file.read_text() == "not a directory"
 
 
