@@ -157,14 +157,15 @@ def _open_directory(directory: Path) -> tuple[int, bool]:
     problem = None
     if status.st_uid != os.geteuid():
         problem = f"belongs to uid {status.st_uid}, not to you (uid {os.geteuid()})"
+        fix = "set FNN_CACHE_DIR to a directory of your own"
     elif status.st_mode & 0o022:
         problem = f"is writable by group or others (mode {stat.S_IMODE(status.st_mode):04o})"
+        fix = f"run `chmod go-w {real}`, or set FNN_CACHE_DIR to a directory only you can write"
     if problem is not None:
         os.close(fd)
         raise KernelsUnavailable(
             f"the kernel cache directory {where} {problem}, so a library there could have been "
-            f"written by someone else and none is loaded or built; run `chmod 700 {real}` if "
-            "it is yours, or set FNN_CACHE_DIR to a directory only you can write")
+            f"written by someone else and none is loaded or built; {fix}")
     return fd, bool(status.st_mode & stat.S_IWUSR)
 
 

@@ -200,7 +200,7 @@ def test_a_world_writable_directory_is_refused(tmp_path, planted, valid_library)
     plant(cache, planted)
     plant(cache, valid_library)
     message = fell_back(step_in(cache, tmp_path), str(cache), "writable by group or others",
-                        "mode 0777", "chmod 700", "FNN_CACHE_DIR")
+                        "mode 0777", f"chmod go-w {cache}", "FNN_CACHE_DIR")
     assert "symlink" not in message
 
 
