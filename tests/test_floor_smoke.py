@@ -85,13 +85,30 @@ def test_every_optimizer_takes_the_reference_step(name, dtype, shape):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         params, _ = _step(make(), {"w": jnp.asarray(p0, dtype)}, {"w": jnp.asarray(g, dtype)})
-    fallback = [str(w.message) for w in caught if "kernel" in str(w.message)]
+    fallback = [str(w.message) for w in caught
+                if "kernel" in str(w.message) or "optimizers" in str(w.filename)]
     assert not fallback, fallback  # the floor must run the one-pass kernels, not fall back
     assert params["w"].dtype == dtype
     expected = reference(p0.astype(dtype).astype(np.float64), g.astype(dtype).astype(np.float64))
     # the new param is rounded to the dtype: an error of a few ulp of |p|, not of the step
     atol = 2 * np.finfo(dtype).eps * np.abs(p0).max()
     np.testing.assert_allclose(np.asarray(params["w"], np.float64), expected, rtol=0, atol=atol)
+
+
+def test_adam_on_a_large_float32_leaf_runs_a_one_pass_kernel():
+    """The one-pass kernels build and load on this jax (else the plain rule runs after a
+    warning, and the reference test above could not tell)."""
+    import re
+
+    tx = opt.adam(LR)
+    params = {"w": jnp.ones(BIG, jnp.float32)}
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return opt.apply_updates(params, updates), state
+
+    hlo = jax.jit(step).lower(params, tx.init(params), params).compile().as_text()
+    assert re.search(r'custom_call_target="[^"]+"', hlo), "no kernel call in the compiled step"
 
 
 def test_packed_adam_matches_the_reference():

@@ -1,6 +1,8 @@
 """python -m fnn with bad arguments: a message naming the option and exit status 2, before any
 training; training that diverges: a message naming the optimizer and the rate, exit status 1."""
 
+import math
+
 import pytest
 
 import fnn.cli as cli
@@ -132,3 +134,19 @@ def test_search_where_every_trial_diverges_exits_1(capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "every one of the 2 trials" in err and "--lr-range" in err
+
+
+def test_search_ranks_diverged_trials_last_with_nan_accuracy(monkeypatch, capsys):
+    """A diverged model still has an accuracy (its nan logits argmax to class 0); it was ranked
+    by it as if it were a result."""
+    def fake_parallel_fit(loss_fn, tx, state, configs, *args, **kwargs):
+        return [{"train_loss": math.nan if i % 2 == 0 else 0.1 + i,
+                 "val_accuracy": 0.99 if i % 2 == 0 else 0.5 - 0.01 * i}
+                for i in range(len(configs))]
+    monkeypatch.setattr(cli.tuning, "parallel_fit", fake_parallel_fit)
+    assert cli.main(["search", "--trials", "4", "--epochs", "1", "--top", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:6]]
+    accuracies = [row[3] for row in rows]
+    assert accuracies[:2] == ["0.49", "0.47"] and accuracies[2:] == ["nan", "nan"], out
+    assert "2 of 4 trials diverged" in out
