@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--wd-range", type=_positive(float), nargs=2, default=(1e-6, 1e-2),
                         metavar=("LOW", "HIGH"), help="weight-decay range (default: 1e-6 1e-2)")
     search.add_argument("--refine", type=int, default=0, choices=range(0, 5), metavar="ROUNDS",
-                        help="coarse-to-fine rounds around the best 3 trials (default: 0)")
+                        help="coarse-to-fine rounds around the best 3 trials, 0 to 4 "
+                             "(default: 0)")
     search.add_argument("--top", type=_positive(int), default=5,
                         help="trials to print (default: 5)")
 
@@ -443,8 +444,9 @@ def run_gradcheck(args: argparse.Namespace, out=None) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fnn``: returns the exit status (0 ok, 1 diverged training or a failed
-    gradient check, 2 bad arguments); argparse exits with 2 itself for malformed options."""
+    """``python -m fnn``: returns the exit status (0 ok, 1 diverged training, out of memory or a
+    failed gradient check, 2 bad arguments); argparse exits with 2 itself for malformed
+    options."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("train", "search", "gradcheck", "-h", "--help"):
@@ -473,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"python -m fnn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise  # not the user's doing: keep the traceback
+        print(f"python -m fnn {args.command}: error: out of memory ({str(error).splitlines()[0]})."
+              " Try a smaller --hidden, --batch-size or --trials.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"python -m fnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -150,3 +150,13 @@ def test_search_ranks_diverged_trials_last_with_nan_accuracy(monkeypatch, capsys
     accuracies = [row[3] for row in rows]
     assert accuracies[:2] == ["0.49", "0.47"] and accuracies[2:] == ["nan", "nan"], out
     assert "2 of 4 trials diverged" in out
+
+
+def test_out_of_memory_is_a_message_naming_the_size_options(monkeypatch, capsys):
+    def oom(args, out=None):
+        raise cli.jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4000000000000 bytes.")
+    monkeypatch.setattr(cli, "run_search", oom)
+    assert cli.main(["search", "--hidden", "1000000"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--hidden" in err and "--trials" in err
