@@ -111,3 +111,19 @@ def test_packed_params_equal_plain_ones_to_float32_rounding(name, make):
         a, b = np.asarray(plain[k]), np.asarray(packed[k])
         ulps = np.abs(a.astype(np.float64) - b) / np.spacing(np.abs(a))
         assert ulps.max() <= 8, (k, ulps.max())
+
+
+def test_declared_floors_are_the_ones_ci_and_the_readme_name():
+    """pyproject's run-time floors are plain `name>=X` (the floor pass of .ci/run installs each as
+    `==X` and runs the floor subset), and the README names the same versions."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = dict(re.fullmatch(r"([a-z0-9_.-]+)>=([0-9.]+)", d).groups() for d in deps)
+    assert set(floors) == {"jax", "jaxlib", "numpy"}
+    assert floors["jax"] == floors["jaxlib"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "# floor pass" in ci and "tests/test_floor_smoke.py" in ci
+    intro = README.split("## Quickstart")[0]
+    assert f"jax and jaxlib ≥ {floors['jax']}" in intro
+    assert f"numpy ≥ {floors['numpy'].removesuffix('.0')}" in intro
