@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,8 @@ from fnn import cli
 def test_main_job_prints_the_table_and_writes_the_png(tmp_path):
     png = tmp_path / "curves.png"
     out = subprocess.run([sys.executable, "-m", "fnn", "--epochs", "3", "--no-progress",
-                          "--output", str(png)], capture_output=True, text=True, timeout=600,
+                          "--output", str(tmp_path / "curves")],  # no extension: .png added
+                         capture_output=True, text=True, timeout=600,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -25,6 +27,8 @@ def test_main_job_prints_the_table_and_writes_the_png(tmp_path):
         loss, accuracy, seconds = float(r[2]), float(r[3]), float(r[4])
         assert 0 < loss < 1.0 and 0.8 < accuracy <= 1.0 and seconds > 0
     assert "total wall time" in out.stdout
+    assert lines[-1] == f"loss curves written to {png}"  # the path written, not the one given
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -54,30 +58,84 @@ def test_search_prints_the_best_trials(capsys):
 
 
 def test_help_documents_every_command_and_option(capsys):
+    """``python -m fnn --help`` shows every option of every command (the README says so)."""
+    parser = cli.build_parser()
     with pytest.raises(SystemExit) as info:
         cli.main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for word in ("train", "search", "gradcheck"):
-        assert word in text
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them only here
+    assert set(commands) == {"train", "search", "gradcheck"}
+    for name, command in commands.items():
+        assert f"python -m fnn {name}" in text
+        for action in command._actions:
+            for option in action.option_strings:
+                assert option in text, (name, option)
+    for option in ("--optimizer", "--epochs", "--learning-rate", "--seed", "--output",
+                   "--no-plot", "--batch-size", "--preprocess", "--trials", "--lr-range"):
+        assert option in text
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
-    text = capsys.readouterr().out
-    for option in ("--optimizer", "--epochs", "--learning-rate", "--seed", "--output",
-                   "--no-plot", "--batch-size", "--preprocess"):
-        assert option in text
+    assert "--learning-rate" in capsys.readouterr().out
+
+
+def test_output_path_is_the_file_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    assert cli.output_path(None) == Path("loss_curves.png")
+    assert cli.output_path("results") == Path("results") / "loss_curves.png"  # was results.png
+    assert cli.output_path("noext") == Path("noext.png")
+    assert cli.output_path("results/curves.SVG") == Path("results/curves.SVG")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "results"]  # the write test left nothing
+
+
+def test_plot_formats_are_written_in_that_format(tmp_path):
+    history = {"adam": {"train_loss": [1.0, 0.5], "val_accuracy": [0.5, 0.75]}}
+    cli.plot_losses(history, tmp_path / "a.svg")
+    cli.plot_losses(history, tmp_path / "a.pdf")
+    assert b"<svg" in (tmp_path / "a.svg").read_bytes()[:500]
+    assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
+
+
+WRITER = """
+import sys
+from fnn.cli import plot_losses
+for i in range(int(sys.argv[2])):
+    losses = [1.0 / (k + 1 + i) for k in range(40)]
+    plot_losses({"adam": {"train_loss": losses, "val_accuracy": losses}}, sys.argv[1])
+"""
+
+
+def _complete_png(data: bytes) -> bool:
+    return data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_concurrent_writers_never_leave_or_show_a_partial_png(tmp_path):
+    """Four processes write one path; a reader polling it meanwhile sees only whole PNGs
+    (savefig straight onto the path truncated it first: readers, and the last writer's file,
+    could be partial)."""
+    png = tmp_path / "curves.png"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(png), "6"],
+                                env={**os.environ, "JAX_PLATFORMS": "cpu"}) for _ in range(4)]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        try:
+            data = png.read_bytes()
+        except FileNotFoundError:
+            continue
+        reads += 1
+        assert _complete_png(data), f"read {reads} saw a partial file of {len(data)} bytes"
+    assert all(w.returncode == 0 for w in writers)
+    assert _complete_png(png.read_bytes())
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary files left
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "-1"], "must be a positive int"),
-    (["--epochs", "many"], "invalid"),
-    (["--optimizer", "lion"], "invalid choice: 'lion'"),
-    (["--learning-rate", "0"], "must be a positive float"),
-    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
-    (["search", "--lr-range", "0.1", "0.01"], "needs LOW < HIGH"),
+    (["--epochs", "-1"], "argument --epochs: must be a positive int"),
     (["frobnicate"], "unrecognized arguments: frobnicate"),
 ])
 def test_bad_arguments_exit_with_a_message_not_a_traceback(argv, message):
+    """The real entry point (more cases, in-process: tests/bad_inputs/test_cli.py)."""
     out = subprocess.run([sys.executable, "-m", "fnn", *argv], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2
