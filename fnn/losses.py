@@ -206,15 +206,23 @@ def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(predictions - targets))
 
 
+def _paths(tree: Any) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def _penalized(params: Any, mask: Any, owner: str) -> list:
     if mask is None:
         mask = jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
     elif callable(mask):
         mask = mask(params)
     if jax.tree_util.tree_structure(mask) != jax.tree_util.tree_structure(params):
-        raise ValueError(f"{owner}: mask must have the structure of params:\n  mask: "
-                         f"{jax.tree_util.tree_structure(mask)}\n  params: "
-                         f"{jax.tree_util.tree_structure(params)}")
+        mask_paths, param_paths = _paths(mask), _paths(params)
+        only_mask = [p for p in mask_paths if p not in set(param_paths)]
+        only_params = [p for p in param_paths if p not in set(mask_paths)]
+        raise ValueError(f"{owner}: mask must have the structure of params (one bool per "
+                         f"params leaf):\n  mask: {jax.tree_util.tree_structure(mask)}\n  params: "
+                         f"{jax.tree_util.tree_structure(params)}\n  only in mask: {only_mask}\n"
+                         f"  only in params: {only_params}")
     leaves = []
     for (path, p), m in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                             jax.tree_util.tree_leaves(mask)):
