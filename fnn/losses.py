@@ -55,6 +55,14 @@ def _nan_unless(valid: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.where(valid, value, jnp.asarray(jnp.nan, value.dtype))
 
 
+def _as_array(owner: str, name: str, value: Any) -> jax.Array:
+    try:
+        return jnp.asarray(value)
+    except TypeError as error:
+        raise TypeError(f"{owner}: {name} must be an array of numbers; got "
+                        f"{type(value).__name__} {str(value)[:40]}.") from error
+
+
 def _labels(logits: jax.Array, labels: Any, owner: str) -> tuple[jax.Array, bool, Any]:
     """(labels, integer?, validity) with shapes and, if concrete, values checked.
 
@@ -64,7 +72,7 @@ def _labels(logits: jax.Array, labels: Any, owner: str) -> tuple[jax.Array, bool
     bad position; for traced labels, validity is the boolean array (per example)
     that the caller turns into NaN, else None.
     """
-    array = jnp.asarray(labels)
+    array = _as_array(owner, "labels", labels)
     classes, batch_shape = logits.shape[-1], logits.shape[:-1]
     if jnp.issubdtype(array.dtype, jnp.integer):
         if array.shape != batch_shape:
@@ -159,7 +167,7 @@ def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         >>> fnn.losses.binary_cross_entropy(jnp.array([2.0, -1.0]), jnp.array([1.0, 0.0]))
     """
     z = _float_logits(logits, "binary_cross_entropy", class_axis=False)
-    y = jnp.asarray(labels)
+    y = _as_array("binary_cross_entropy", "labels", labels)
     if y.shape != z.shape:
         raise ValueError(f"binary_cross_entropy: labels must have the logits' shape {z.shape};"
                          f" got {y.shape}.")

@@ -133,6 +133,29 @@ def positive_int(owner: str, name: str, value: Any) -> int:
     return number
 
 
+def initializer(owner: str, name: str, value: Callable | None, default: Callable) -> Callable:
+    """An initializer ``(key, shape, dtype) -> array`` (``default`` for None) that is
+    called with a check of what it returns; a TypeError names ``name`` otherwise."""
+    value = default if value is None else value
+    if not callable(value) or isinstance(value, Layer):
+        raise TypeError(f"{owner}: {name} must be an initializer (key, shape, dtype) -> array, "
+                        f"e.g. init.xavier_uniform(); got {type(value).__name__} {value!r}.")
+
+    def draw(key, shape, dtype):
+        try:
+            array = value(key, shape, dtype)
+        except TypeError as error:  # e.g. w_init=init.he_normal, the factory itself
+            raise TypeError(f"{owner}: {name} must be an initializer (key, shape, dtype) -> "
+                            f"array; calling it failed: {error}. Initializer factories are "
+                            "called, e.g. w_init=init.he_normal().") from error
+        if tuple(jnp.shape(array)) != tuple(shape):
+            raise ValueError(f"{owner}: {name} returned shape {tuple(jnp.shape(array))}; "
+                             f"expected {tuple(shape)}.")
+        return jnp.asarray(array, dtype)
+
+    return draw
+
+
 def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
     def text(v):
         return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"

@@ -127,6 +127,7 @@ def residual(*layers: Layer) -> Layer:
     Example:
         >>> block = fnn.residual(fnn.Dense(64), fnn.Relu(), fnn.Dense(64))
     """
+    _children("residual", layers)  # errors name residual, not its inner serial
     body = serial(*layers)
 
     def init(key, input_shape, dtype=None):

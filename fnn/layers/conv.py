@@ -19,6 +19,7 @@ from .base import (
     expect_keys,
     expect_shape,
     infer_shape,
+    initializer,
     input_array,
     named,
     positive_int,
@@ -99,8 +100,8 @@ def Conv2D(features: int, kernel_size=3, stride=1, padding="SAME", dilation=1,  
     strides = _pair("Conv2D", "stride", stride)
     dilations = _pair("Conv2D", "dilation", dilation)
     pad = _padding("Conv2D", padding)
-    w_init = w_init or initializers.xavier_uniform()
-    b_init = b_init or initializers.zeros()
+    w_init = initializer("Conv2D", "w_init", w_init, initializers.xavier_uniform())
+    b_init = initializer("Conv2D", "b_init", b_init, initializers.zeros())
     name = f"Conv2D({features}, {kernel_size})"
     window = f"kernel {kernel} (dilation {dilations}, stride {strides}, padding {pad!r})"
 

@@ -19,6 +19,7 @@ from .base import (
     expect_keys,
     expect_shape,
     hyperparameter,
+    initializer,
     input_array,
     named,
     positive_int,
@@ -42,8 +43,8 @@ def Dense(features: int, w_init: Callable | None = None,
         >>> out_shape, params, state = fnn.Dense(10).init(key, (-1, 64))   # (-1, 10)
     """
     features = positive_int("Dense", "features", features)
-    w_init = w_init or initializers.xavier_uniform()
-    b_init = b_init or initializers.zeros()
+    w_init = initializer("Dense", "w_init", w_init, initializers.xavier_uniform())
+    b_init = initializer("Dense", "b_init", b_init, initializers.zeros())
     name = f"Dense({features})"
 
     def init(key, input_shape, dtype=jnp.float32):
