@@ -214,9 +214,9 @@ def input_array(layer: str, x: Any, min_rank: int = 0) -> jax.Array:
     return x
 
 
-def float_output(x: jax.Array, like: jax.Array) -> jnp.dtype:
-    """The dtype of a normalized x: x's own if floating, else ``like``'s (never an int)."""
-    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else like.dtype
+def float_input(x: jax.Array, like: jax.Array) -> jax.Array:
+    """x itself if floating, else x in ``like``'s dtype (int inputs are not truncated back)."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(like.dtype)
 
 
 def concrete(shape: Sequence[int]) -> tuple[int, ...]:

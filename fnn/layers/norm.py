@@ -13,7 +13,7 @@ from .base import (
     check_input_shape,
     expect_keys,
     expect_shape,
-    float_output,
+    float_input,
     hyperparameter,
     input_array,
     named,
@@ -67,6 +67,7 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
                            ("state", "mean", state), ("state", "var", state)):
             expect_shape(name, k, v[k], (x.shape[-1],), tree, x=x)
         axes = tuple(range(x.ndim - 1))
+        x = float_input(x, params["scale"])
         xc = _compute(x)
         if train:
             m = x.size // max(x.shape[-1], 1)  # values per feature
@@ -85,7 +86,7 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
         else:
             mean, var = _compute(state["mean"]), _compute(state["var"])
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
-        return y.astype(float_output(x, params["scale"])), state
+        return y.astype(x.dtype), state
 
     return named(init, apply, "batchnorm", name)
 
@@ -118,11 +119,12 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
         x = input_array(name, x, min_rank=1)
         for k in ("scale", "offset"):
             expect_shape(name, k, params[k], (x.shape[-1],), x=x)
+        x = float_input(x, params["scale"])
         xc = _compute(x)
         mean = xc.mean(-1, keepdims=True)
         var = jnp.mean(jnp.square(xc - mean), -1, keepdims=True)
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
-        return y.astype(float_output(x, params["scale"])), state
+        return y.astype(x.dtype), state
 
     return named(init, apply, "layernorm", name)
 
