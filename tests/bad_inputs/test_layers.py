@@ -259,3 +259,23 @@ def test_captured_jnp_hyperparameters_are_accepted():
     assert set(np.unique(np.asarray(y))) <= {0.0, 1 / 0.75}
     y, _ = fnn.LeakyRelu(np.float32(0.5)).apply({}, {}, jnp.asarray([[-2.0, 1.0]]))
     np.testing.assert_allclose(np.asarray(y), [[-1.0, 1.0]])
+
+
+def _every_layer():
+    from fnn import layer_checks
+    return layer_checks.layer_cases()
+
+
+@pytest.mark.parametrize("name", list(_every_layer()))
+def test_every_layer_and_combinator_names_a_bad_key_in_init_and_apply(name):
+    """Issue item 13: an int seed as the key, in init and in apply, of every layer."""
+    layer, shape = _every_layer()[name]
+    init_shape = tuple((-1, *s[1:]) for s in shape) if isinstance(shape[0], tuple) else \
+        (-1, *shape[1:])
+    with pytest.raises(TypeError, match=r"\.init: key must be a JAX PRNG key, e\.g\. "
+                                        r"jax\.random\.key\(0\), not the seed 0 itself"):
+        layer.init(0, init_shape)
+    _, params, state = layer.init(KEY, init_shape)
+    x = tuple(jnp.ones(s) for s in shape) if isinstance(shape[0], tuple) else jnp.ones(shape)
+    with pytest.raises(TypeError, match=r"\.apply: key must be a JAX PRNG key.*got the int 3"):
+        layer.apply(params, state, x, key=3, train=True)
