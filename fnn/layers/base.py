@@ -17,6 +17,11 @@ A layer is a pair of pure functions, ``Layer(init, apply)``::
   when a layer kind repeats) and give child i the key ``jax.random.fold_in(key, i)``.
 * Params or state that do not fit the model raise :class:`ParamsError` naming
   the path, e.g. ``params['2_serial']['0_dense']['w']``.
+* Every layer made with :func:`named` checks its key (a PRNG key, not an int
+  seed) in ``init`` and ``apply`` and that ``train`` is a bool. Hyperparameters
+  are checked by :func:`hyperparameter`: with NumPy when concrete (a ``jnp``
+  scalar captured by a jitted function included); a traced one is used as
+  given, NaN when out of range, so a bad value is never a plausible output.
 """
 
 from __future__ import annotations
@@ -68,7 +73,10 @@ def named(init: Callable, apply: Callable, name: str, label: str | None = None) 
             check_key(f"{label}.apply", key)
         return apply(params, state, x, key=key, train=check_train(label, train))
 
-    checked_init.__doc__, checked_apply.__doc__ = init.__doc__, apply.__doc__
+    for wrapper, inner, what in ((checked_init, init, "init"), (checked_apply, apply, "apply")):
+        # Python's own argument errors then read "Dense(3).apply() takes 3 positional ..."
+        wrapper.__name__, wrapper.__qualname__ = what, f"{label}.{what}"
+        wrapper.__doc__ = inner.__doc__
     checked_init.layer_name = name
     return Layer(checked_init, checked_apply)
 

@@ -75,10 +75,11 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
                 raise ValueError(
                     f"{name}: training needs more than one value per feature to estimate a "
                     f"variance; got a batch of {x.shape[0] if x.ndim > 1 else 1} example(s) "
-                    f"(input shape {x.shape}). A data set whose size leaves a last batch of one "
-                    "example: drop it (drop_remainder=True in fnn.train / fnn.data.batches) or "
-                    "pick another batch_size; or use a larger batch; for inference on one "
-                    "example use train=False (the running statistics).")
+                    f"(input shape {x.shape}). If the data set's size leaves a last batch of "
+                    "one example, drop it (drop_remainder=True in fnn.train.fit or "
+                    "fnn.data.batches) or pick a batch_size that leaves no remainder of 1; "
+                    "otherwise train on larger batches. For inference on one example use "
+                    "train=False (the running statistics).")
             mean = xc.mean(axes)
             var = jnp.mean(jnp.square(xc - mean), axes)  # biased: used to normalize
             unbiased = var * (m / (m - 1))  # kept in the running average, as torch does

@@ -125,6 +125,9 @@ BAD = [  # (id, call, exception, the message must contain — literal text)
      TypeError, "parallel.apply: key must be a JAX PRNG key"),
     ("residual.init float key", lambda: fnn.residual(fnn.Relu()).init(1.5, (-1, 2)), TypeError,
      "residual.init: key must be a JAX PRNG key"),
+    ("Dense.apply key given positionally",
+     lambda: fnn.Dense(3).apply(_dense_params(), {}, jnp.ones((2, 4)), KEY), TypeError,
+     "Dense(3).apply() takes 3 positional arguments but 4 were given"),
     ("Dropout missing key", lambda: fnn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True),
      ValueError, "Dropout(0.5) needs a PRNG key in training"),
     # init shapes
