@@ -162,7 +162,7 @@ def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) ->
     def apply(params, state, x, *, key=None, train=False):
         if params not in ({}, None):
             raise ParamsError("", f"{label} has no params; got {params!r}.")
-        return fn(input_array(label, x)), state
+        return fn(x), state
 
     return named(init, apply, label.lower().replace("_", ""), label)
 

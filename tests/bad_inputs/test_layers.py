@@ -282,3 +282,4 @@ def test_every_layer_and_combinator_names_a_bad_key_in_init_and_apply(name):
     x = tuple(jnp.ones(s) for s in shape) if isinstance(shape[0], tuple) else jnp.ones(shape)
     with pytest.raises(TypeError, match=r"\.apply: key must be a JAX PRNG key.*got the int 3"):
         layer.apply(params, state, x, key=3, train=True)
+
