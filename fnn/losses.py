@@ -39,7 +39,7 @@ def _concrete(x: Any) -> np.ndarray | None:
     return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
-def _first(bad: np.ndarray) -> str:
+def _first(bad: np.ndarray) -> tuple[str, tuple, int]:
     """``labels[i, j]``, the position of the first True of ``bad``, and how many there are."""
     index = np.unravel_index(int(np.argmax(bad)), bad.shape)
     where = f"labels[{', '.join(str(int(i)) for i in index)}]" if bad.ndim else "labels"
