@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from .base import Layer, ParamsError, named
 
@@ -126,6 +127,7 @@ def residual(*layers: Layer) -> Layer:
     Example:
         >>> block = fnn.residual(fnn.Dense(64), fnn.Relu(), fnn.Dense(64))
     """
+    _children("residual", layers)  # errors name residual, not its inner serial
     body = serial(*layers)
 
     def init(key, input_shape, dtype=None):
@@ -138,6 +140,9 @@ def residual(*layers: Layer) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         y, state = body.apply(params, state, x, key=key, train=train)
+        if jnp.shape(y) != jnp.shape(x):  # x + f(x) would broadcast silently
+            raise ValueError(f"residual: the block maps an input of shape {jnp.shape(x)} to "
+                             f"{jnp.shape(y)}; x + f(x) needs them equal.")
         return x + y, state
 
     return named(init, apply, "residual")

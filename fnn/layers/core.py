@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import init as initializers
 
@@ -15,10 +16,13 @@ from .base import (
     ParamsError,
     check_float_dtype,
     check_input_shape,
-    check_train,
     expect_keys,
     expect_shape,
+    hyperparameter,
+    initializer,
+    input_array,
     named,
+    positive_int,
 )
 
 
@@ -38,10 +42,9 @@ def Dense(features: int, w_init: Callable | None = None,
     Example:
         >>> out_shape, params, state = fnn.Dense(10).init(key, (-1, 64))   # (-1, 10)
     """
-    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-        raise ValueError(f"Dense: features must be an int >= 1; got {features!r}.")
-    w_init = w_init or initializers.xavier_uniform()
-    b_init = b_init or initializers.zeros()
+    features = positive_int("Dense", "features", features)
+    w_init = initializer("Dense", "w_init", w_init, initializers.xavier_uniform())
+    b_init = initializer("Dense", "b_init", b_init, initializers.zeros())
     name = f"Dense({features})"
 
     def init(key, input_shape, dtype=jnp.float32):
@@ -55,11 +58,12 @@ def Dense(features: int, w_init: Callable | None = None,
 
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("w", "b"))
+        x = input_array(name, x, min_rank=1)
         expect_shape(name, "w", params["w"], (x.shape[-1], features), x=x)
         expect_shape(name, "b", params["b"], (features,))
         return x @ params["w"] + params["b"], state
 
-    return named(init, apply, "dense")
+    return named(init, apply, "dense", name)
 
 
 def Flatten() -> Layer:  # noqa: N802
@@ -78,11 +82,12 @@ def Flatten() -> Layer:  # noqa: N802
         return (shape[0], size), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        x = input_array("Flatten", x)
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected an input (batch, d1, ...); got shape {x.shape}.")
         return x.reshape(x.shape[0], -1), state
 
-    return named(init, apply, "flatten")
+    return named(init, apply, "flatten", "Flatten")
 
 
 def Dropout(rate: float) -> Layer:  # noqa: N802
@@ -102,27 +107,30 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
     Example:
         >>> y, _ = fnn.Dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
     """
-    if isinstance(rate, jax.core.Tracer):
-        raise TypeError("Dropout: rate must be a Python float (it fixes the program).")
-    if not 0.0 <= float(rate) < 1.0:
-        raise ValueError(f"Dropout: rate (the drop probability) must be in [0, 1); got {rate!r}.")
-    name = f"Dropout({rate:g})"
+    rate = hyperparameter("Dropout", "rate (the drop probability)", rate, 0.0, 1.0,
+                          high_open=True)
+    traced = isinstance(rate, jax.core.Tracer)  # built inside jit/vmap: NaN if out of range
+    name = "Dropout(traced rate)" if traced else f"Dropout({rate:g})"
 
     def init(key, input_shape, dtype=jnp.float32):
         return check_input_shape(name, input_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        if not check_train(name, train) or rate == 0.0:
+        if not train or (not traced and rate == 0.0):
             return x, state
         if key is None:
             raise ValueError(
                 f"{name} needs a PRNG key in training: pass one to apply, e.g. "
                 "model.apply(params, state, x, key=jax.random.key(0), train=True) "
                 "(use a new key every step, e.g. jax.random.fold_in(key, step)).")
+        x = input_array(name, x)
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-        return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x)), state
+        # the kept units times 1 / (1 − rate): a NaN rate (traced, out of range) gives NaN
+        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+        scale = jnp.asarray(1.0 / (1.0 - rate), dtype)
+        return jnp.where(keep, x, jnp.zeros_like(x)) * scale, state
 
-    return named(init, apply, "dropout")
+    return named(init, apply, "dropout", name)
 
 
 def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) -> Layer:  # noqa: N802
@@ -140,8 +148,12 @@ def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) ->
     Example:
         >>> swish = fnn.Activation(lambda x: x * jax.nn.sigmoid(x), "swish")
     """
-    if not callable(fn):
-        raise TypeError(f"Activation: fn must be a function of an array; got {fn!r}.")
+    if not callable(fn) or isinstance(fn, Layer):
+        hint = " (a layer is not an array function; use the layer itself)" \
+            if isinstance(fn, Layer) else ""
+        raise TypeError(f"Activation: fn must be a function of an array{hint}; got {fn!r}.")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"Activation: name must be a non-empty str; got {name!r}.")
     label = name or getattr(fn, "__name__", "activation")
 
     def init(key, input_shape, dtype=jnp.float32):
@@ -152,7 +164,7 @@ def Activation(fn: Callable[[jax.Array], jax.Array], name: str | None = None) ->
             raise ParamsError("", f"{label} has no params; got {params!r}.")
         return fn(x), state
 
-    return named(init, apply, label.lower().replace("_", ""))
+    return named(init, apply, label.lower().replace("_", ""), label)
 
 
 def Sigmoid() -> Layer:  # noqa: N802
@@ -181,27 +193,40 @@ def Relu() -> Layer:  # noqa: N802
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:  # noqa: N802
-    """x for x ≥ 0, a·x otherwise. Example: ``fnn.LeakyRelu(0.1)``."""
+    """x for x ≥ 0, a·x otherwise (a = negative_slope, finite). Example: ``fnn.LeakyRelu(0.1)``."""
+    negative_slope = hyperparameter("LeakyRelu", "negative_slope", negative_slope)
     return Activation(lambda x: activations.leaky_relu(x, negative_slope), "leaky_relu")
 
 
 def Elu(alpha: float = 1.0) -> Layer:  # noqa: N802
-    """x for x > 0, α(e^x − 1) otherwise. Example: ``fnn.Elu()``."""
+    """x for x > 0, α(e^x − 1) otherwise (α = alpha, a finite number). Example: ``fnn.Elu()``."""
+    alpha = hyperparameter("Elu", "alpha", alpha)
     return Activation(lambda x: activations.elu(x, alpha), "elu")
 
 
 def Gelu(approximate: bool = True) -> Layer:  # noqa: N802
-    """x Φ(x). Example: ``fnn.Gelu()``."""
+    """x Φ(x) (``approximate``: the tanh form, a bool). Example: ``fnn.Gelu()``."""
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise TypeError(f"Gelu: approximate must be a bool; got {approximate!r}.")
+    approximate = bool(approximate)
     return Activation(lambda x: activations.gelu(x, approximate), "gelu")
 
 
+def _axis(owner: str, axis) -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{owner}: axis must be an int; got {axis!r}.")
+    return int(axis)
+
+
 def Softmax(axis: int = -1) -> Layer:  # noqa: N802
-    """e^{x_i} / Σ_j e^{x_j}. Example: ``fnn.Softmax()``."""
+    """e^{x_i} / Σ_j e^{x_j} over ``axis`` (an int). Example: ``fnn.Softmax()``."""
+    axis = _axis("Softmax", axis)
     return Activation(lambda x: activations.softmax(x, axis), "softmax")
 
 
 def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
-    """x_i − log Σ_j e^{x_j}. Example: ``fnn.LogSoftmax()``."""
+    """x_i − log Σ_j e^{x_j} over ``axis`` (an int). Example: ``fnn.LogSoftmax()``."""
+    axis = _axis("LogSoftmax", axis)
     return Activation(lambda x: activations.log_softmax(x, axis), "log_softmax")
 
 

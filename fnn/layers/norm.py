@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .base import (
     Layer,
     ParamsError,
     check_float_dtype,
     check_input_shape,
-    check_train,
     expect_keys,
     expect_shape,
+    float_input,
+    hyperparameter,
+    input_array,
     named,
 )
 
@@ -41,10 +44,8 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
     Example:
         >>> y, state = fnn.BatchNorm().apply(params, state, x, train=True)
     """
-    if not 0.0 <= float(decay) <= 1.0:
-        raise ValueError(f"BatchNorm: decay must be in [0, 1]; got {decay!r}.")
-    if not float(eps) > 0:
-        raise ValueError(f"BatchNorm: eps must be > 0; got {eps!r}.")
+    decay = hyperparameter("BatchNorm", "decay", decay, 0.0, 1.0)
+    eps = hyperparameter("BatchNorm", "eps", eps, 0.0, low_open=True)
     name = "BatchNorm"
 
     def _moving(running, batch):
@@ -61,16 +62,24 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("scale", "offset"))
         expect_keys(name, state, ("mean", "var"), "state")
+        x = input_array(name, x, min_rank=1)
         for tree, k, v in (("params", "scale", params), ("params", "offset", params),
                            ("state", "mean", state), ("state", "var", state)):
             expect_shape(name, k, v[k], (x.shape[-1],), tree, x=x)
         axes = tuple(range(x.ndim - 1))
+        x = float_input(x, params["scale"])
         xc = _compute(x)
-        if check_train(name, train):
-            m = x.size // x.shape[-1]  # values per feature
+        if train:
+            m = x.size // max(x.shape[-1], 1)  # values per feature
             if m < 2:
-                raise ValueError(f"{name}: training needs more than one value per feature to "
-                                 f"estimate a variance; got an input of shape {x.shape}.")
+                raise ValueError(
+                    f"{name}: training needs more than one value per feature to estimate a "
+                    f"variance; got a batch of {x.shape[0] if x.ndim > 1 else 1} example(s) "
+                    f"(input shape {x.shape}). If the data set's size leaves a last batch of "
+                    "one example, drop it (drop_remainder=True in fnn.train.fit or "
+                    "fnn.data.batches) or pick a batch_size that leaves no remainder of 1; "
+                    "otherwise train on larger batches. For inference on one example use "
+                    "train=False (the running statistics).")
             mean = xc.mean(axes)
             var = jnp.mean(jnp.square(xc - mean), axes)  # biased: used to normalize
             unbiased = var * (m / (m - 1))  # kept in the running average, as torch does
@@ -80,7 +89,7 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
         return y.astype(x.dtype), state
 
-    return named(init, apply, "batchnorm")
+    return named(init, apply, "batchnorm", name)
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
@@ -96,8 +105,7 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
     Example:
         >>> fnn.LayerNorm().init(key, (-1, 128))
     """
-    if not float(eps) > 0:
-        raise ValueError(f"LayerNorm: eps must be > 0; got {eps!r}.")
+    eps = hyperparameter("LayerNorm", "eps", eps, 0.0, low_open=True)
     name = "LayerNorm"
 
     def init(key, input_shape, dtype=jnp.float32):
@@ -109,15 +117,17 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
 
     def apply(params, state, x, *, key=None, train=False):
         expect_keys(name, params, ("scale", "offset"))
+        x = input_array(name, x, min_rank=1)
         for k in ("scale", "offset"):
             expect_shape(name, k, params[k], (x.shape[-1],), x=x)
+        x = float_input(x, params["scale"])
         xc = _compute(x)
         mean = xc.mean(-1, keepdims=True)
         var = jnp.mean(jnp.square(xc - mean), -1, keepdims=True)
         y = (xc - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
         return y.astype(x.dtype), state
 
-    return named(init, apply, "layernorm")
+    return named(init, apply, "layernorm", name)
 
 
 def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
@@ -150,7 +160,14 @@ def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
                              f"(params: {sorted(params)}).")
         params = dict(params)
         v = params.pop("w")
-        return out_shape, {**params, "v": v, "g": norm(v).astype(v.dtype)}, state
+        g = norm(v)
+        if not isinstance(g, jax.core.Tracer) and not np.all(np.asarray(g) > 0):
+            # w = g·v/‖v‖ is 0/0 for a unit whose initial weights are all zero
+            unit = int(np.argmin(np.asarray(g) > 0))
+            raise ValueError(f"{name}: the initial weight w has all zeros for output unit {unit};"
+                             " its direction v/‖v‖ is undefined. Give the layer a random w_init "
+                             "(the default xavier_uniform, he_normal, ...).")
+        return out_shape, {**params, "v": v, "g": g.astype(v.dtype)}, state
 
     def apply(params, state, x, *, key=None, train=False):
         if not isinstance(params, dict) or "v" not in params or "g" not in params:
@@ -167,4 +184,4 @@ def WeightNorm(layer: Layer) -> Layer:  # noqa: N802
                 raise ParamsError("['v']" + error.path[5:], error.detail, error.tree) from None
             raise
 
-    return named(init, apply, "weightnorm")
+    return named(init, apply, "weightnorm", name)

@@ -302,3 +302,29 @@ def test_softmax_layers_and_a_custom_activation():
     np.testing.assert_allclose(np.asarray(swish.apply({}, {}, jnp.asarray(z))[0]),
                                z * _sigmoid(z), rtol=1e-12)
     assert fnn.serial(swish).init(KEY, (-1, 4))[1] == {"0_swish": {}}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5)])  # sequences and NHWC images
+def test_layernorm_normalizes_over_the_last_axis_only(shape):
+    """3-D/4-D inputs, where statistics over every non-batch axis would differ."""
+    rng = np.random.default_rng(4)
+    # every position has its own scale and shift, so the per-position statistics differ
+    x = rng.normal(size=shape) * rng.uniform(0.5, 3.0, shape[:-1] + (1,)) + rng.normal(
+        size=shape[:-1] + (1,))
+    gamma, beta = rng.uniform(0.5, 2.0, shape[-1]), rng.normal(size=shape[-1])
+    layer = fnn.LayerNorm()
+    out_shape, _, _ = layer.init(KEY, (-1, *shape[1:]), jnp.float64)
+    assert out_shape == (-1, *shape[1:])
+    y, _ = layer.apply({"scale": jnp.asarray(gamma), "offset": jnp.asarray(beta)}, {},
+                       jnp.asarray(x))
+    mu = x.sum(-1, keepdims=True) / shape[-1]
+    sigma2 = ((x - mu) ** 2).sum(-1, keepdims=True) / shape[-1]
+    np.testing.assert_allclose(np.asarray(y), gamma * (x - mu) / np.sqrt(sigma2 + 1e-5) + beta,
+                               rtol=1e-10, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.LayerNorm(shape[-1], eps=1e-5).double()
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(gamma))
+        reference.bias.copy_(torch.tensor(beta))
+        expected = reference(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-9, atol=1e-10)

@@ -224,3 +224,57 @@ def test_dense_batchnorm_relu_dropout_model_learns_with_adam_under_jit():
         assert a is b  # evaluation does not move the running statistics
     accuracy = float(fnn.losses.accuracy(logits, yv))
     assert before < 0.3 and accuracy > 0.93
+
+
+def _zero_fraction(y):
+    return float(np.mean(np.asarray(y) == 0))
+
+
+def test_serial_parallel_and_residual_give_two_dropouts_different_masks():
+    """With one shared key, two Dropout(0.5) would drop the same units: half the units
+    would be zero instead of three quarters."""
+    x = jnp.ones((4, 500))
+    key = jax.random.key(7)
+    two = fnn.serial(fnn.Dropout(0.5), fnn.Dropout(0.5))
+    y, _ = two.apply({"0_dropout": {}, "1_dropout": {}}, {"0_dropout": {}, "1_dropout": {}}, x,
+                     key=key, train=True)
+    assert abs(_zero_fraction(y) - 0.75) < 0.04  # independent masks: 1 − 0.5·0.5
+    # the documented keys: child i gets fold_in(key, i)
+    one = fnn.Dropout(0.5)
+    first, _ = one.apply({}, {}, x, key=jax.random.fold_in(key, 0), train=True)
+    second, _ = one.apply({}, {}, first, key=jax.random.fold_in(key, 1), train=True)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(second))
+    block = fnn.residual(fnn.Dropout(0.5), fnn.Dropout(0.5))
+    _, p, s = block.init(KEY, (-1, 500))
+    y, _ = block.apply(p, s, x, key=key, train=True)
+    assert abs(_zero_fraction(y - x) - 0.75) < 0.04
+    both = fnn.parallel(fnn.serial(fnn.Dropout(0.5), fnn.Dropout(0.5)), fnn.Dropout(0.5))
+    _, p, s = both.init(KEY, ((-1, 500), (-1, 500)))
+    (a, b), _ = both.apply(p, s, (x, x), key=key, train=True)
+    assert abs(_zero_fraction(a) - 0.75) < 0.04 and abs(_zero_fraction(b) - 0.5) < 0.04
+    assert not np.array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
+
+
+def test_running_statistics_update_through_residual_serial_and_parallel():
+    """A BatchNorm nested in residual/serial/parallel updates its running statistics
+    exactly as a BatchNorm on its own input does (float64 NumPy reference)."""
+    inner = fnn.serial(fnn.Dense(3), fnn.residual(fnn.BatchNorm(), fnn.Tanh()))
+    model = fnn.parallel(inner, fnn.residual(fnn.serial(fnn.Relu(), fnn.BatchNorm())))
+    _, params, state = model.init(KEY, ((-1, 2), (-1, 3)), jnp.float64)
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.normal(1.0, 2.0, size=(6, 2)), rng.normal(0.5, 1.0, size=(6, 3))
+    _, new_state = model.apply(params, state, (jnp.asarray(x1), jnp.asarray(x2)), train=True)
+
+    def expected(h):  # one step from mean 0, var 1 with decay 0.9 (unbiased running variance)
+        return 0.1 * h.mean(0), 0.9 + 0.1 * h.var(0, ddof=1)
+
+    dense = params["0_serial"]["0_dense"]
+    h1 = x1 @ np.asarray(dense["w"]) + np.asarray(dense["b"])
+    for got, h in ((new_state["0_serial"]["1_residual"]["0_batchnorm"], h1),
+                   (new_state["1_residual"]["0_serial"]["1_batchnorm"], np.maximum(x2, 0))):
+        mean, var = expected(h)
+        np.testing.assert_allclose(np.asarray(got["mean"]), mean, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(got["var"]), var, rtol=1e-12)
+    # evaluation leaves every statistic where it was
+    _, same = model.apply(params, new_state, (jnp.asarray(x1), jnp.asarray(x2)))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: a is b, same, new_state))

@@ -94,7 +94,7 @@ BAD = [
     (lambda: losses.softmax_cross_entropy(jnp.ones((3, 4)), jnp.array([0, 1])), ValueError,
      r"integer labels must have shape \(3,\).*got \(2,\)"),
     (lambda: losses.softmax_cross_entropy(jnp.ones((2, 4)), jnp.array([0, 4])), ValueError,
-     r"integer labels must be in \[0, 4\).*got values in \[0, 4\]"),
+     r"labels must be class indices in \[0, 4\).*got 4 at labels\[1\]"),
     (lambda: losses.softmax_cross_entropy(jnp.ones((2, 4)), jnp.ones((2, 3))), ValueError,
      r"one-hot \(or probability\) labels must have the logits' shape \(2, 4\); got \(2, 3\)"),
     (lambda: losses.softmax_cross_entropy(jnp.array([1, 2]), jnp.array(0)), TypeError,
