@@ -235,6 +235,7 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
         _check_key("epoch", key)
         n = _num_examples("epoch", data)
         full, last = epoch_layout("epoch", n, batch_size, drop_remainder)
+        data = jax.tree_util.tree_map(jnp.asarray, data)  # NumPy data cannot take a traced index
         shuffle_key, step_key = jax.random.split(key)
         order = jax.random.permutation(shuffle_key, n)
 

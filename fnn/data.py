@@ -12,8 +12,9 @@ Mini-batches are drawn by a PRNG key: the same key gives the same order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -200,10 +201,13 @@ def batches(key: jax.Array | None, data: Data, batch_size: int, *, shuffle: bool
 # ------------------------------------------------------------------ preprocessing
 
 
-class Preprocessor(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preprocessor:
     """A transform fitted on training data: call it on any data with the same features.
 
     ``stats`` holds what was learned from the training data (means, scales, bases).
+    A preprocessor is a function of its input only, so ``jax.jit(prep)`` and
+    ``jax.vmap(prep)`` work directly.
     """
 
     name: str
