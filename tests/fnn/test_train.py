@@ -188,6 +188,12 @@ def test_data_parallel_on_a_device_mesh():
         sharding = step.lower(state, (x, y), jax.random.key(0)).compile().input_shardings[0][1]
         assert "data" in str(sharding), sharding
         np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+        try:  # 63 examples cannot be split over 2 devices: a clear error, not XLA's
+            step(state, (x[:63], y[:63]), jax.random.key(0))
+        except ValueError as error:
+            assert "batch of 63 examples cannot be split evenly" in str(error), error
+        else:
+            raise AssertionError("an indivisible batch was accepted")
         print("ok")
     """)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
