@@ -216,6 +216,8 @@ class Preprocessor:
 
     def __call__(self, x: Any) -> jax.Array:
         x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. uint8 pixels: as _matrix does
+            x = x.astype(jnp.result_type(float))
         features = self.stats["mean"].shape[-1]
         if x.ndim < 1 or x.shape[-1] != features:
             raise ValueError(
@@ -273,6 +275,7 @@ def standardize(x_train: Any, eps: float = 1e-8) -> Preprocessor:
 def _eigen(owner: str, x_train: Any, eps: float):
     eps = _check_eps(owner, eps)
     x = _matrix(owner, x_train)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # no SVD in float16/bfloat16
     mean = x.mean(0)
     _, singular, vt = jnp.linalg.svd(x - mean, full_matrices=False)
     variance = singular**2 / x.shape[0]  # eigenvalues of the covariance Xᵀ X / n
@@ -294,7 +297,8 @@ def pca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
     mean, basis, inverse_scale = _eigen("pca_whiten", x_train, eps)
     stats = {"mean": mean, "basis": basis, "inverse_scale": inverse_scale}
     return Preprocessor("pca_whiten", stats,
-                        lambda s, x: ((x - s["mean"]) @ s["basis"]) * s["inverse_scale"])
+                        lambda s, x: (((x - s["mean"]) @ s["basis"]) * s["inverse_scale"])
+                        .astype(x.dtype))
 
 
 def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
@@ -309,7 +313,8 @@ def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
     mean, basis, inverse_scale = _eigen("zca_whiten", x_train, eps)
     return Preprocessor(
         "zca_whiten", {"mean": mean, "basis": basis, "inverse_scale": inverse_scale},
-        lambda s, x: (((x - s["mean"]) @ s["basis"]) * s["inverse_scale"]) @ s["basis"].T)
+        lambda s, x: ((((x - s["mean"]) @ s["basis"]) * s["inverse_scale"]) @ s["basis"].T)
+        .astype(x.dtype))
 
 
 # ------------------------------------------------------------------ data sets

@@ -206,3 +206,21 @@ def test_missing_scikit_learn_names_the_package(monkeypatch):
     message = str(caught.value)
     assert "pip install scikit-learn" in message and "fnn[examples]" in message
     assert "-e" not in message.split()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_whitening_in_low_precision_keeps_the_dtype(dtype):
+    """float16/bfloat16 data (no SVD in those dtypes) are whitened; the result keeps the dtype.
+
+    Reference: identity covariance of the whitened data, up to the dtype's rounding.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 3)) @ np.array([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.5]])
+    low = jnp.asarray(x, dtype)
+    for whiten in (data.pca_whiten, data.zca_whiten):
+        out = whiten(low)(low)
+        assert out.dtype == dtype
+        cov = np.cov(np.asarray(out, np.float64).T, bias=True)
+        np.testing.assert_allclose(cov, np.eye(3), atol=0.05)
+    pixels = data.zca_whiten(x)(np.arange(6, dtype=np.uint8).reshape(2, 3))
+    assert jnp.issubdtype(pixels.dtype, jnp.floating)
