@@ -7,7 +7,10 @@ validation and test data, so no statistic leaks from them::
     prep = fnn.data.standardize(x_train)      # statistics of x_train only
     x_train, x_val = prep(x_train), prep(x_val)
 
-Mini-batches are drawn by a PRNG key: the same key gives the same order.
+Fitting rejects training data with NaN or Inf, with a message that counts and
+locates them (a single NaN would otherwise turn a whole column of the
+statistics, and so of every transformed data set, into NaN). Mini-batches are
+drawn by a PRNG key: the same key gives the same order.
 """
 
 from __future__ import annotations

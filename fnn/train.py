@@ -81,6 +81,12 @@ def run_epochs(epoch_fn: Callable, state: Any, data: Any, key: jax.Array, first:
     The one epoch loop of the package (:func:`fit` and
     :func:`fnn.tuning.parallel_fit` both run it): ``after_epoch(e, state,
     metrics)`` is called after each epoch (metrics still on the device).
+
+    Example:
+        >>> epoch = jax.jit(make_epoch(loss_fn, tx, 64), donate_argnums=0)
+        >>> curve = []
+        >>> state = run_epochs(epoch, state, (x, y), key, 0, 10,
+        ...                    lambda e, s, m: curve.append(m["loss"]))
     """
     for e in range(first, first + epochs):
         state, metrics = epoch_fn(state, data, jax.random.fold_in(key, e))
