@@ -7,13 +7,17 @@ validation and test data, so no statistic leaks from them::
     prep = fnn.data.standardize(x_train)      # statistics of x_train only
     x_train, x_val = prep(x_train), prep(x_val)
 
-Mini-batches are drawn by a PRNG key: the same key gives the same order.
+Fitting rejects training data with NaN or Inf, with a message that counts and
+locates them (a single NaN would otherwise turn a whole column of the
+statistics, and so of every transformed data set, into NaN). Mini-batches are
+drawn by a PRNG key: the same key gives the same order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,26 +29,88 @@ Data = Any  # an array, or a tuple/dict (pytree) of arrays sharing their first a
 # ------------------------------------------------------------------ checks
 
 
-def _num_examples(owner: str, data: Data) -> int:
+def _num_examples(owner: str, data: Data, name: str = "data") -> int:
     leaves = jax.tree_util.tree_leaves(data)
     if not leaves:
-        raise ValueError(f"{owner}: data holds no arrays.")
+        raise ValueError(f"{owner}: {name} holds no arrays.")
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if None in sizes or len(sizes) != 1:
         shapes = [np.shape(x) for x in leaves]
         raise ValueError(
-            f"{owner}: every array in data must have the same leading (example) axis; got "
+            f"{owner}: every array in {name} must have the same leading (example) axis; got "
             f"shapes {shapes}."
         )
     return sizes.pop()
 
 
-def _check_key(owner: str, key: Any) -> None:
+def _check_key(owner: str, key: Any, name: str = "key") -> None:
+    """Raises TypeError unless ``key`` is one PRNG key (typed, or a raw uint32 key); trace-safe."""
     if key is None:
-        raise TypeError(f"{owner}: a PRNG key is required, e.g. key=jax.random.key(0).")
-    if isinstance(key, (int, np.integer)):
+        raise TypeError(f"{owner}: a PRNG key is required, e.g. {name}=jax.random.key(0).")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         raise TypeError(
-            f"{owner}: key must be a JAX PRNG key, not the int {key}; use jax.random.key({key})."
+            f"{owner}: {name} must be a JAX PRNG key, not the int {key}; use jax.random.key({key})."
+        )
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None:  # dtype and shape are static: this check is safe inside a trace
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0:
+            return
+        if dtype == np.uint32 and np.ndim(key) == 1:  # a raw key from jax.random.PRNGKey
+            return
+    described = f"an array of dtype {dtype} and shape {np.shape(key)}" if dtype is not None \
+        else f"{type(key).__name__} {key!r}"
+    raise TypeError(
+        f"{owner}: {name} must be one JAX PRNG key such as jax.random.key(0); got {described}."
+    )
+
+
+def _check_int(owner: str, name: str, value: Any, low: int) -> int:
+    """``value`` as an int, or a clear error unless it is an int (not bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner}: {name} must be an int >= {low}; got {type(value).__name__} "
+                        f"{value!r}.")
+    if value < low:
+        raise ValueError(f"{owner}: {name} must be an int >= {low}; got {value!r}.")
+    return int(value)
+
+
+def _check_number(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float, or TypeError unless it is a real number (not bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: {name} must be a real number; got {type(value).__name__} "
+                        f"{value!r}.")
+    return float(value)
+
+
+def _location(index: tuple) -> str:
+    if len(index) == 1:
+        return f"row {index[0]}"
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    return f"index {index}"
+
+
+def _check_finite(owner: str, name: str, data: Data) -> None:
+    """Raises ValueError naming, counting and locating non-finite values in concrete float arrays.
+
+    Tracers are skipped (inside a trace the NaN propagates to the result, where it is visible);
+    the check runs on the host with NumPy, never as a traced jnp operation.
+    """
+    for path, x in jax.tree_util.tree_leaves_with_path(data):
+        if isinstance(x, jax.core.Tracer):
+            continue
+        array = np.asarray(x)
+        if not jnp.issubdtype(array.dtype, jnp.inexact):
+            continue
+        bad = ~np.isfinite(array)
+        if not bad.any():
+            continue
+        nan = int(np.isnan(array).sum())
+        label = name + jax.tree_util.keystr(path)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{owner}: {label} has {int(bad.sum())} non-finite values (NaN: {nan}, Inf: "
+            f"{int(bad.sum()) - nan}); first at {_location(first)}. Remove or impute them first."
         )
 
 
@@ -72,13 +138,30 @@ def train_val_split(key: jax.Array, data: Data, val_fraction: float = 0.2) -> tu
     """
     _check_key("train_val_split", key)
     n = _num_examples("train_val_split", data)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"train_val_split: val_fraction must be in (0, 1); got {val_fraction}.")
-    n_val = max(1, int(round(n * val_fraction)))
+    fraction = _check_number("train_val_split", "val_fraction", val_fraction)
+    if not 0 < fraction < 1:
+        raise ValueError(f"train_val_split: val_fraction must be in (0, 1); got {val_fraction!r}.")
+    n_val = max(1, int(round(n * fraction)))
     if n_val >= n:
         raise ValueError(f"train_val_split: {n} examples are too few to split off {n_val}.")
     order = np.asarray(jax.random.permutation(key, n))
     return _take(data, order[n_val:]), _take(data, order[:n_val])
+
+
+def _indices(owner: str, key: Any, n: Any, batch_size: Any, shuffle: Any,
+             drop_remainder: Any) -> list[np.ndarray]:
+    n = _check_int(owner, "n", n, 0)
+    batch_size = _check_int(owner, "batch_size", batch_size, 1)
+    for name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{owner}: {name} must be True or False; got {flag!r}.")
+    if shuffle:
+        _check_key(owner, key)
+        order = np.asarray(jax.random.permutation(key, n))
+    else:
+        order = np.arange(n)
+    stop = n - n % batch_size if drop_remainder else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
 def batch_indices(key: jax.Array | None, n: int, batch_size: int, *, shuffle: bool = True,
@@ -87,20 +170,14 @@ def batch_indices(key: jax.Array | None, n: int, batch_size: int, *, shuffle: bo
 
     Every example appears exactly once per epoch (with ``drop_remainder=True``,
     the last ``n mod batch_size`` examples of the shuffled order are left out).
+    The batches are cut as they fall: a last batch of one example stays one
+    example (:func:`fnn.train.make_epoch` merges it into the batch before, for
+    layers such as BatchNorm that cannot train on one example).
 
     Example:
         >>> batch_indices(jax.random.key(0), 10, 4, drop_remainder=False)  # sizes 4, 4, 2
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be an int >= 1; got {batch_size!r}.")
-    if shuffle:
-        _check_key("batches", key)
-        order = np.asarray(jax.random.permutation(key, n))
-    else:
-        order = np.arange(n)
-    stop = n - n % batch_size if drop_remainder else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return _indices("batch_indices", key, n, batch_size, shuffle, drop_remainder)
 
 
 def batches(key: jax.Array | None, data: Data, batch_size: int, *, shuffle: bool = True,
@@ -119,17 +196,21 @@ def batches(key: jax.Array | None, data: Data, batch_size: int, *, shuffle: bool
         ...     ...
     """
     n = _num_examples("batches", data)
-    for index in batch_indices(key, n, batch_size, shuffle=shuffle, drop_remainder=drop_remainder):
-        yield _take(data, index)
+    # checked here, not at the first next(): the error points at the call that was wrong
+    indices = _indices("batches", key, n, batch_size, shuffle, drop_remainder)
+    return (_take(data, index) for index in indices)
 
 
 # ------------------------------------------------------------------ preprocessing
 
 
-class Preprocessor(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preprocessor:
     """A transform fitted on training data: call it on any data with the same features.
 
     ``stats`` holds what was learned from the training data (means, scales, bases).
+    A preprocessor is a function of its input only, so ``jax.jit(prep)`` and
+    ``jax.vmap(prep)`` work directly.
     """
 
     name: str
@@ -138,6 +219,8 @@ class Preprocessor(NamedTuple):
 
     def __call__(self, x: Any) -> jax.Array:
         x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # e.g. uint8 pixels: as _matrix does
+            x = x.astype(jnp.result_type(float))
         features = self.stats["mean"].shape[-1]
         if x.ndim < 1 or x.shape[-1] != features:
             raise ValueError(
@@ -147,6 +230,8 @@ class Preprocessor(NamedTuple):
 
 
 def _matrix(owner: str, x: Any) -> jax.Array:
+    """The training data as a float matrix, checked: shape (examples >= 2, features), finite."""
+    _check_finite(owner, "x_train", x)  # concrete data only: fitted statistics must not be NaN
     x = jnp.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(
@@ -155,6 +240,13 @@ def _matrix(owner: str, x: Any) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
+
+
+def _check_eps(owner: str, eps: Any) -> float:
+    value = _check_number(owner, "eps", eps)
+    if not 0 <= value < np.inf:
+        raise ValueError(f"{owner}: eps must be a finite number >= 0; got {eps!r}.")
+    return value
 
 
 def center(x_train: Any) -> Preprocessor:
@@ -175,6 +267,7 @@ def standardize(x_train: Any, eps: float = 1e-8) -> Preprocessor:
     Example:
         >>> prep = standardize(x_train); x_train, x_val = prep(x_train), prep(x_val)
     """
+    eps = _check_eps("standardize", eps)
     x = _matrix("standardize", x_train)
     std = x.std(0)
     scale = jnp.where(std > eps, std, 1.0)
@@ -183,9 +276,9 @@ def standardize(x_train: Any, eps: float = 1e-8) -> Preprocessor:
 
 
 def _eigen(owner: str, x_train: Any, eps: float):
+    eps = _check_eps(owner, eps)
     x = _matrix(owner, x_train)
-    if eps < 0:
-        raise ValueError(f"{owner}: eps must be >= 0; got {eps}.")
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # no SVD in float16/bfloat16
     mean = x.mean(0)
     _, singular, vt = jnp.linalg.svd(x - mean, full_matrices=False)
     variance = singular**2 / x.shape[0]  # eigenvalues of the covariance Xᵀ X / n
@@ -207,7 +300,8 @@ def pca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
     mean, basis, inverse_scale = _eigen("pca_whiten", x_train, eps)
     stats = {"mean": mean, "basis": basis, "inverse_scale": inverse_scale}
     return Preprocessor("pca_whiten", stats,
-                        lambda s, x: ((x - s["mean"]) @ s["basis"]) * s["inverse_scale"])
+                        lambda s, x: (((x - s["mean"]) @ s["basis"]) * s["inverse_scale"])
+                        .astype(x.dtype))
 
 
 def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
@@ -222,7 +316,8 @@ def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
     mean, basis, inverse_scale = _eigen("zca_whiten", x_train, eps)
     return Preprocessor(
         "zca_whiten", {"mean": mean, "basis": basis, "inverse_scale": inverse_scale},
-        lambda s, x: (((x - s["mean"]) @ s["basis"]) * s["inverse_scale"]) @ s["basis"].T)
+        lambda s, x: ((((x - s["mean"]) @ s["basis"]) * s["inverse_scale"]) @ s["basis"].T)
+        .astype(x.dtype))
 
 
 # ------------------------------------------------------------------ data sets
@@ -233,8 +328,8 @@ def _sklearn(loader: str):
         import sklearn.datasets
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"{loader} needs scikit-learn: pip install -e \".[examples]\" "
-            "(or pip install scikit-learn)."
+            f"{loader} needs scikit-learn: pip install scikit-learn (or install fnn with its "
+            "examples extra: pip install \"fnn[examples]\")."
         ) from error
     return sklearn.datasets
 

@@ -13,197 +13,150 @@ optimizer state are updated in place). :func:`make_epoch` compiles a whole
 epoch (shuffle, then ``lax.scan`` over the mini-batches) into one program, and
 :func:`fit` runs epochs with a progress bar and keeps a history of metrics.
 
-Everything is deterministic given the key. Given a ``jax.sharding.Mesh``, the
-step runs data-parallel: the batch is split over the mesh's ``batch_axis`` and
-params, model state and optimizer state are replicated on every device.
+Everything is deterministic given the key, and :func:`fit` continues from the
+state's step counter: ``fit`` for 5 epochs, save, restore, ``fit`` for 5 more
+gives the result of 10 epochs. Given a ``jax.sharding.Mesh``, the step runs
+data-parallel: the batch is split over the mesh's ``batch_axis`` and params,
+model state and optimizer state are replicated on every device.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import optimizers as opt
 
-from .data import _check_key, _num_examples
+from ._step import (
+    LossFn,
+    TrainState,
+    check_callable,
+    check_state,
+    epoch_layout,
+    init_train_state,
+    make_epoch,
+    make_train_step,
+    train_step_fn,
+)
+from .data import _check_finite, _check_int, _check_key, _num_examples
 
-LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+__all__ = [
+    "LossFn", "NonFiniteLossError", "TrainState", "classifier", "evaluate", "fit",
+    "init_train_state", "make_epoch", "make_train_step", "run_epochs", "steps_per_second",
+    "train_step_fn",
+]
 
 
-class TrainState(NamedTuple):
-    """Everything that changes during training, as one pytree.
+class NonFiniteLossError(FloatingPointError):
+    """:func:`fit` stopped because an epoch's training loss was NaN or infinite.
 
-    ``params`` may be a :class:`optimizers.Packed` (see ``init_train_state(packed=True)``);
-    the loss function always receives the unpacked tree.
+    Attributes: ``epoch`` (the epoch whose loss was not finite), ``state`` (the
+    state after that epoch) and ``history`` (the metrics up to and including it).
     """
 
-    params: Any
-    model_state: Any
-    opt_state: Any
-    step: jax.Array
-
-    def unpacked_params(self) -> Any:
-        """The params as the model sees them (unpacked if they are packed)."""
-        return opt.unpack(self.params) if isinstance(self.params, opt.Packed) else self.params
+    def __init__(self, message: str, epoch: int, state: TrainState, history: dict):
+        super().__init__(message)
+        self.epoch, self.state, self.history = epoch, state, history
 
 
-def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
-                     packed: bool = False) -> TrainState:
-    """The state before the first step: ``tx.init`` of the params, step 0.
+# ------------------------------------------------------------------ the epoch loop
 
-    Args:
-      params: the model's params pytree.
-      model_state: the model's state (e.g. BatchNorm statistics), ``{}`` if none.
-      tx: an optimizer.
-      packed: keep params and optimizer state in one flat buffer per dtype
-        (:func:`optimizers.pack`): the optimizer step then costs a few kernels
-        however many leaves the model has. Results are unchanged.
+
+def first_epoch(state: TrainState, steps_per_epoch: int) -> int:
+    """The epoch a run continues from: the state's steps over the steps per epoch, rounded up."""
+    return math.ceil(int(state.step) / steps_per_epoch)
+
+
+def run_epochs(epoch_fn: Callable, state: Any, data: Any, key: jax.Array, first: int,
+               epochs: int, after_epoch: Callable[[int, Any, dict], None]) -> Any:
+    """Runs epochs ``first … first + epochs − 1``; epoch e gets the key ``fold_in(key, e)``.
+
+    The one epoch loop of the package (:func:`fit` and
+    :func:`fnn.tuning.parallel_fit` both run it): ``after_epoch(e, state,
+    metrics)`` is called after each epoch (metrics still on the device).
 
     Example:
-        >>> state = fnn.train.init_train_state(params, model_state, optimizers.adam(1e-3))
+        >>> epoch = jax.jit(make_epoch(loss_fn, tx, 64), donate_argnums=0)
+        >>> curve = []
+        >>> state = run_epochs(epoch, state, (x, y), key, 0, 10,
+        ...                    lambda e, s, m: curve.append(m["loss"]))
     """
-    opt._base.check_optimizer("init_train_state", "tx", tx)
-    # the state owns its buffers: steps donate them, which must not delete the caller's arrays
-    params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))
-    if packed:
-        params = opt.pack(params)
-    return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
+    for e in range(first, first + epochs):
+        state, metrics = epoch_fn(state, data, jax.random.fold_in(key, e))
+        after_epoch(e, state, metrics)
+    return state
 
 
-def _checked_loss(loss_fn: LossFn) -> Callable:
-    def wrapped(params, model_state, batch, key):
-        out = loss_fn(params, model_state, batch, key)
-        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)
-                and len(out[1]) == 2 and isinstance(out[1][1], dict)):
-            raise TypeError(
-                "the loss function must return (loss, (new_model_state, metrics)) with metrics a "
-                f"dict; got {type(out).__name__} {jax.tree_util.tree_structure(out)}."
-            )
-        loss = out[0]
-        if jnp.shape(loss) != ():
-            raise TypeError(f"the loss must be a scalar; got shape {jnp.shape(loss)}.")
-        return out
-    return wrapped
+# ------------------------------------------------------------------ checks of concrete data
 
 
-def train_step_fn(loss_fn: LossFn, tx: opt.Optimizer) -> Callable:
-    """The un-jitted step ``(state, batch, key) -> (state, metrics)``; see :func:`make_train_step`.
-
-    Use it to compose a step into your own programs (``lax.scan``, ``vmap``).
-    """
-    checked = _checked_loss(loss_fn)
-
-    def step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, dict]:
-        packed = isinstance(state.params, opt.Packed)
-
-        def objective(params, model_state):
-            return checked(opt.unpack(params) if packed else params, model_state, batch, key)
-
-        (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, state.model_state)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = opt.apply_updates(state.params, updates)
-        return TrainState(params, model_state, opt_state, state.step + 1), {"loss": loss, **metrics}
-
-    return step
-
-
-def _shardings(mesh: Any, batch_axis: str):
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    if batch_axis not in mesh.axis_names:
+def _check_like(owner: str, name: str, data: Any, reference: Any, reference_name: str) -> None:
+    """``data``'s leaves must have the reference's structure and per-example shapes."""
+    leaves, reference_leaves = jax.tree_util.tree_leaves(data), jax.tree_util.tree_leaves(reference)
+    if len(leaves) != len(reference_leaves):
         raise ValueError(
-            f"batch_axis {batch_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}."
+            f"{owner}: {name} must have the structure of {reference_name}; got "
+            f"{jax.tree_util.tree_structure(data)}, {reference_name} is "
+            f"{jax.tree_util.tree_structure(reference)}."
         )
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(batch_axis))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(reference)]
+    for path, leaf, ref in zip(paths, leaves, reference_leaves):
+        if np.shape(leaf)[1:] != np.shape(ref)[1:]:
+            raise ValueError(
+                f"{owner}: {name}{path} has examples of shape {np.shape(leaf)[1:]}, but "
+                f"{reference_name}{path} has examples of shape {np.shape(ref)[1:]} "
+                f"(full shapes {np.shape(leaf)} and {np.shape(ref)})."
+            )
 
 
-def make_train_step(loss_fn: LossFn, tx: opt.Optimizer, *, donate: bool = True,
-                    mesh: Any = None, batch_axis: str = "data") -> Callable:
-    """One jit-compiled training step: loss, gradient, optimizer update, applied.
+def _check_data(owner: str, fn: Any, name: str, data: Any, state: TrainState) -> None:
+    """Runs the check a loss/eval function carries (``fn.check_data``), e.g. label ranges."""
+    check = getattr(fn, "check_data", None)
+    if check is not None:
+        check(owner, name, data, state.unpacked_params(), state.model_state)
 
-    ``step(state, batch, key) -> (new_state, metrics)`` with ``metrics`` the loss
-    function's metrics plus ``"loss"``. The old state's buffers are donated (reused
-    for the new state), so do not use ``state`` after the call.
 
-    Args:
-      loss_fn: ``loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics))``.
-      tx: the optimizer.
-      donate: donate the state's buffers (the default; faster, less memory).
-      mesh: optional ``jax.sharding.Mesh`` to run data-parallel: the batch is
-        sharded over ``batch_axis``, the state replicated.
-      batch_axis: the mesh axis the batch is split over.
+def _copy(state: TrainState) -> TrainState:
+    """A copy of the state's arrays: the epochs donate the copy, the caller keeps the original."""
+    return jax.tree_util.tree_map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
 
-    Example:
-        >>> step = fnn.train.make_train_step(loss_fn, optimizers.adam(1e-3))
-        >>> state, metrics = step(state, (x, y), jax.random.key(0))
+
+def check_fit_inputs(owner: str, loss_fn: Any, state: Any, train_data: Any, batch_size: Any,
+                     drop_remainder: Any, val_data: Any, eval_fn: Any) -> int:
+    """The checks :func:`fit` and :func:`fnn.tuning.parallel_fit` run once before training.
+
+    Returns the number of steps per epoch.
     """
-    opt._base.check_optimizer("make_train_step", "tx", tx)
-    step = train_step_fn(loss_fn, tx)
-    donate_argnums = (0,) if donate else ()
-    if mesh is None:
-        return jax.jit(step, donate_argnums=donate_argnums)
-    replicated, sharded = _shardings(mesh, batch_axis)
-    return jax.jit(step, donate_argnums=donate_argnums,
-                   in_shardings=(replicated, sharded, replicated),
-                   out_shardings=(replicated, replicated))
+    check_callable(owner, "loss_fn", loss_fn)
+    check_state(owner, state)
+    batch_size = _check_int(owner, "batch_size", batch_size, 1)
+    if not isinstance(drop_remainder, bool):
+        raise TypeError(f"{owner}: drop_remainder must be True or False; got {drop_remainder!r}.")
+    if (val_data is None) != (eval_fn is None):
+        given, missing = ("val_data", "eval_fn") if eval_fn is None else ("eval_fn", "val_data")
+        raise ValueError(f"{owner}: {given} was given without {missing}; validation needs both.")
+    n = _num_examples(owner, train_data, "train_data")
+    full, last = epoch_layout(owner, n, batch_size, drop_remainder)
+    _check_finite(owner, "train_data", train_data)
+    _check_data(owner, loss_fn, "train_data", train_data, state)
+    if val_data is not None:
+        check_callable(owner, "eval_fn", eval_fn)
+        if _num_examples(owner, val_data, "val_data") == 0:
+            raise ValueError(f"{owner}: val_data holds no examples.")
+        _check_like(owner, "val_data", val_data, train_data, "train_data")
+        _check_finite(owner, "val_data", val_data)
+        _check_data(owner, eval_fn, "val_data", val_data, state)
+    return full + (last > 0)
 
 
-def _mean_metrics(metrics: dict, weights: jax.Array) -> dict:
-    total = jnp.sum(weights)
-    return {k: jnp.sum(v * weights) / total for k, v in metrics.items()}
-
-
-def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
-               drop_remainder: bool = False) -> Callable:
-    """One epoch as a single pure function ``epoch(state, data, key) -> (state, metrics)``.
-
-    The examples are shuffled with ``key``, cut into mini-batches of
-    ``batch_size`` and trained on with ``lax.scan`` (one compiled program per
-    epoch, no Python between steps). Unless ``drop_remainder``, the last
-    smaller batch is trained on too, so every example is seen once. Metrics are
-    means over the epoch's examples. The function is pure: ``jax.jit`` it, or
-    ``jax.vmap`` it over states to train many models at once.
-
-    Example:
-        >>> epoch = jax.jit(fnn.train.make_epoch(loss_fn, tx, 64), donate_argnums=0)
-        >>> state, metrics = epoch(state, (x_train, y_train), jax.random.key(1))
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"make_epoch: batch_size must be an int >= 1; got {batch_size!r}.")
-    step = train_step_fn(loss_fn, tx)
-
-    def epoch(state: TrainState, data: Any, key: jax.Array) -> tuple[TrainState, dict]:
-        n = _num_examples("epoch", data)
-        full, rest = divmod(n, batch_size)
-        if full == 0 and (drop_remainder or rest == 0):
-            raise ValueError(f"epoch: {n} examples make no batch of {batch_size}.")
-        shuffle_key, step_key = jax.random.split(key)
-        order = jax.random.permutation(shuffle_key, n)
-
-        def body(state, inputs):
-            i, index = inputs
-            batch = jax.tree_util.tree_map(lambda x: x[index], data)
-            return step(state, batch, jax.random.fold_in(step_key, i))
-
-        metrics, weights = [], []
-        if full:
-            rows = order[:full * batch_size].reshape(full, batch_size)
-            state, scanned = jax.lax.scan(body, state, (jnp.arange(full), rows))
-            metrics.append(scanned)
-            weights.append(jnp.full((full,), batch_size, jnp.float32))
-        if rest and not drop_remainder:
-            state, last = body(state, (jnp.asarray(full), order[full * batch_size:]))
-            metrics.append(jax.tree_util.tree_map(lambda x: x[None], last))
-            weights.append(jnp.full((1,), rest, jnp.float32))
-        stacked = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *metrics)
-        return state, _mean_metrics(stacked, jnp.concatenate(weights))
-
-    return epoch
+# ------------------------------------------------------------------ fit and evaluate
 
 
 def evaluate(eval_fn: Callable[[Any, Any, Any], dict], state: TrainState, data: Any,
@@ -216,14 +169,23 @@ def evaluate(eval_fn: Callable[[Any, Any, Any], dict], state: TrainState, data: 
     Example:
         >>> fnn.train.evaluate(eval_fn, state, (x_val, y_val))["accuracy"]
     """
-    params = state.unpacked_params()
+    check_callable("evaluate", "eval_fn", eval_fn)
+    check_state("evaluate", state)
     n = _num_examples("evaluate", data)
-    size = n if batch_size is None else batch_size
+    size = n if batch_size is None else _check_int("evaluate", "batch_size", batch_size, 1)
+    if n == 0:
+        raise ValueError("evaluate: data holds no examples.")
+    _check_data("evaluate", eval_fn, "data", data, state)
+    params = state.unpacked_params()
     totals: dict[str, float] = {}
     for start in range(0, n, size):
         batch = jax.tree_util.tree_map(lambda x, i=start: x[i:i + size], data)
         count = _num_examples("evaluate", batch)
-        for k, v in eval_fn(params, state.model_state, batch).items():
+        metrics = eval_fn(params, state.model_state, batch)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"evaluate: eval_fn must return a dict of metrics; got "
+                            f"{type(metrics).__name__}.")
+        for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v) * count
     return {k: v / n for k, v in totals.items()}
 
@@ -238,17 +200,39 @@ def _progress(total: int, enabled: bool, description: str):
     return tqdm(total=total, desc=description, unit="epoch", leave=False)
 
 
+def _nonfinite_message(loss: float, epoch: int) -> str:
+    return (
+        f"fit: the training loss is {loss} in epoch {epoch} (counting from 0). Likely causes: a "
+        "learning rate too large for the model (training diverged), a loss that takes log(0) or "
+        "divides by zero, or labels outside the range the loss expects. Lower the learning rate "
+        "or check the loss; pass on_nonfinite='warn' to carry on with a warning instead."
+    )
+
+
 def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, *,
         key: jax.Array, epochs: int, batch_size: int, val_data: Any = None,
         eval_fn: Callable | None = None, progress: bool = True, description: str = "train",
         drop_remainder: bool = False, epoch_fn: Callable | None = None,
+        on_nonfinite: str = "raise", donate: bool = False,
         ) -> tuple[TrainState, dict]:
     """Trains for ``epochs`` epochs; returns the final state and a history of metrics.
 
     Each epoch is one compiled program (:func:`make_epoch`) that donates the
-    state. ``history`` holds per-epoch lists: ``train_<metric>`` (means over the
-    epoch), ``val_<metric>`` when ``val_data`` and ``eval_fn`` are given, and
-    ``time`` (seconds since the start, compilation included).
+    state it trains; ``fit`` first copies the ``state`` it is given (once), so
+    the caller's state stays usable (``donate=True`` skips the copy and
+    consumes it). ``history`` holds per-epoch lists: ``train_<metric>`` (means
+    over the epoch), ``val_<metric>`` when ``val_data`` and ``eval_fn`` are
+    given, and ``time`` (seconds since the start, compilation included).
+
+    Epochs are numbered from the state's step counter: epoch e uses the key
+    ``fold_in(key, e)`` with e starting at ⌈state.step / steps per epoch⌉, so a
+    run continued from a saved state (same key, data and batch size) equals one
+    uninterrupted run. Before training, the data are checked once on the host:
+    same number of examples in every array, finite values, validation examples
+    shaped like the training examples, and whatever the loss function's
+    ``check_data`` checks (:func:`classifier`'s: label ranges). After each
+    epoch the training loss, already on the host for the history, must be
+    finite (see ``on_nonfinite``).
 
     Args:
       loss_fn: ``loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics))``.
@@ -256,33 +240,56 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
       state: from :func:`init_train_state`.
       train_data: an array or pytree of arrays with a shared first axis (kept on device).
       key: PRNG key; epoch e uses ``fold_in(key, e)`` (deterministic given the key).
-      epochs: number of epochs.
-      batch_size: mini-batch size.
-      val_data: optional validation data for ``eval_fn``.
+      epochs: number of epochs (an int >= 0).
+      batch_size: mini-batch size (a remainder of one example joins the last batch,
+        see :func:`make_epoch`).
+      val_data: optional validation data for ``eval_fn`` (give both or neither).
       eval_fn: ``eval_fn(params, model_state, batch) -> dict`` of metric means.
       progress: show a tqdm progress bar.
+      drop_remainder: leave out the last ``n mod batch_size`` examples of each epoch.
       epoch_fn: the compiled epoch to run, e.g. ``jax.jit(make_epoch(...)).lower(...).compile()``
         prepared ahead (in another thread, while something else trains); default: built here.
+      on_nonfinite: ``"raise"`` (default) stops with :class:`NonFiniteLossError`
+        when an epoch's training loss is NaN or infinite; ``"warn"`` warns once and carries on.
+      donate: let the epochs consume the caller's ``state`` instead of a copy
+        (saves the memory of one copy; ``state`` is unusable afterwards).
+
+    Raises:
+      NonFiniteLossError: an epoch's training loss was not finite (with ``on_nonfinite="raise"``).
 
     Example:
         >>> state, history = fnn.train.fit(loss_fn, tx, state, (x, y), key=key,
         ...                                epochs=30, batch_size=64)
     """
+    opt._base.check_optimizer("fit", "tx", tx)
     _check_key("fit", key)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an int >= 0; got {epochs!r}.")
+    epochs = _check_int("fit", "epochs", epochs, 0)
+    if on_nonfinite not in ("raise", "warn"):
+        raise ValueError(f"fit: on_nonfinite must be 'raise' or 'warn'; got {on_nonfinite!r}.")
+    for name, flag in (("progress", progress), ("donate", donate)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"fit: {name} must be True or False; got {flag!r}.")
+    if epoch_fn is not None:
+        check_callable("fit", "epoch_fn", epoch_fn)
+    steps_per_epoch = check_fit_inputs("fit", loss_fn, state, train_data, batch_size,
+                                       drop_remainder, val_data, eval_fn)
+    start_epoch = first_epoch(state, steps_per_epoch)
     if epoch_fn is None:
         epoch_fn = jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder),
                            donate_argnums=(0,))
     evaluate_fn = jax.jit(eval_fn) if eval_fn is not None else None
     train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
+    if not donate:
+        state = _copy(state)
     history: dict[str, list] = {"time": []}
     bar = _progress(epochs, progress, description)
+    warned = False
     start = time.perf_counter()
-    for e in range(epochs):
-        state, metrics = epoch_fn(state, train_data, jax.random.fold_in(key, e))
+
+    def after_epoch(e: int, state: TrainState, metrics: dict) -> None:
+        nonlocal warned
         row = {f"train_{k}": float(v) for k, v in metrics.items()}
-        if evaluate_fn is not None and val_data is not None:
+        if evaluate_fn is not None:
             row.update({f"val_{k}": float(v) for k, v in
                         evaluate_fn(state.unpacked_params(), state.model_state, val_data).items()})
         for k, v in row.items():
@@ -291,9 +298,61 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()})
-    if bar is not None:
-        bar.close()
+        loss = row.get("train_loss", 0.0)
+        if not math.isfinite(loss):
+            if on_nonfinite == "raise":
+                raise NonFiniteLossError(_nonfinite_message(loss, e), e, state, history)
+            if not warned:
+                warnings.warn(_nonfinite_message(loss, e), RuntimeWarning, stacklevel=4)
+                warned = True
+
+    try:
+        state = run_epochs(epoch_fn, state, train_data, key, start_epoch, epochs, after_epoch)
+    finally:
+        if bar is not None:
+            bar.close()
     return state, history
+
+
+# ------------------------------------------------------------------ classifiers
+
+
+def _label_checker(model: Any) -> Callable:
+    """The one-time check of a classifier's concrete (x, y): labels against the model's classes."""
+
+    def check_data(owner: str, name: str, data: Any, params: Any, model_state: Any) -> None:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise TypeError(f"{owner}: a classifier's {name} must be a pair (x, y); got "
+                            f"{jax.tree_util.tree_structure(data)}.")
+        x, y = data
+        if isinstance(x, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+            return  # traced: the loss itself turns bad labels into NaN
+        example = jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)[1:]), jnp.result_type(x))
+        logits = jax.eval_shape(lambda p, s, xb: model.apply(p, s, xb)[0],
+                                params, model_state, example)
+        classes = logits.shape[-1]
+        labels = np.asarray(y)
+        if np.issubdtype(labels.dtype, np.integer):
+            if labels.ndim != 1:
+                raise ValueError(f"{owner}: {name} integer labels must have shape (examples,); "
+                                 f"got {labels.shape}.")
+            bad = (labels < 0) | (labels >= classes)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(
+                    f"{owner}: {name} has {int(bad.sum())} labels outside [0, {classes}) (the "
+                    f"model has {classes} outputs); first at row {row}: {int(labels[row])}."
+                )
+        elif jnp.issubdtype(labels.dtype, jnp.floating):
+            if labels.shape[1:] != (classes,):
+                raise ValueError(f"{owner}: {name} one-hot labels must have shape (examples, "
+                                 f"{classes}) for the model's {classes} outputs; got "
+                                 f"{labels.shape}.")
+        else:
+            raise TypeError(f"{owner}: {name} labels must be integer classes or one-hot floats; "
+                            f"got dtype {labels.dtype}.")
+
+    return check_data
 
 
 def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
@@ -302,6 +361,9 @@ def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
     loss = softmax cross-entropy(model(x), y) + l2 · Σw² (weights only, see
     ``fnn.losses.l2_penalty``); metrics: accuracy. The evaluation function runs
     the model in evaluation mode (running BatchNorm statistics, no dropout).
+    Both carry ``check_data``, which :func:`fit` and :func:`evaluate` run once
+    on the concrete data: labels must be classes 0 … C−1 for the model's C
+    outputs (or one-hot rows of length C).
 
     Example:
         >>> loss_fn, eval_fn = fnn.train.classifier(model)
@@ -309,6 +371,13 @@ def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
         ...                                batch_size=64, val_data=(xv, yv), eval_fn=eval_fn)
     """
     from . import losses
+
+    if not (hasattr(model, "init") and hasattr(model, "apply")):
+        raise TypeError(f"classifier: model must be a layer with init and apply (e.g. "
+                        f"fnn.Sequential(...)); got {type(model).__name__}.")
+    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) \
+            or not 0 <= l2 < math.inf:
+        raise ValueError(f"classifier: l2 must be a finite number >= 0; got {l2!r}.")
 
     def loss_fn(params, model_state, batch, key):
         x, y = batch
@@ -324,6 +393,7 @@ def classifier(model: Any, *, l2: float = 0.0) -> tuple[LossFn, Callable]:
         return {"loss": losses.softmax_cross_entropy(logits, y),
                 "accuracy": losses.accuracy(logits, y)}
 
+    loss_fn.check_data = eval_fn.check_data = _label_checker(model)
     return loss_fn, eval_fn
 
 

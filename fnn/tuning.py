@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import optimizers as opt
+from optimizers import _validate
 
 from . import train as _train
+from .data import _check_int, _check_key, _check_number
 
 # ------------------------------------------------------------------ dimensions
 
@@ -107,6 +109,7 @@ class Choice(NamedTuple):
 
 
 def _check_range(owner: str, low: float, high: float, positive: bool = False) -> None:
+    low, high = _check_number(owner, "low", low), _check_number(owner, "high", high)
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
         raise ValueError(f"{owner}: need finite low < high; got low={low!r}, high={high!r}.")
     if positive and low <= 0:
@@ -139,6 +142,9 @@ def integers(low: int, high: int) -> Integers:
 
 def choice(options: Sequence[Any]) -> Choice:
     """A dimension that takes one of ``options``. Example: ``choice(["sgd", "adam"])``."""
+    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
+        raise TypeError(f"choice: options must be a list or tuple of values; got "
+                        f"{type(options).__name__} {options!r}.")
     options = tuple(options)
     if not options:
         raise ValueError("choice: options must not be empty.")
@@ -163,16 +169,27 @@ def _check_space(owner: str, space: dict) -> None:
 
 
 def sample(space: dict, key: jax.Array, n: int) -> list[dict]:
-    """``n`` random configurations of ``space`` (one independent key per dimension)."""
+    """``n`` random configurations of ``space`` (one independent key per dimension).
+
+    Example:
+        >>> sample({"learning_rate": log_uniform(1e-4, 1e-1)}, jax.random.key(0), 8)
+    """
     _check_space("sample", space)
+    _check_key("sample", key)
+    n = _check_int("sample", "n", n, 1)
     columns = {name: dim.sample(jax.random.fold_in(key, i), n)
                for i, (name, dim) in enumerate(space.items())}
     return [{name: columns[name][j] for name in space} for j in range(n)]
 
 
 def grid(space: dict, points: int = 3) -> list[dict]:
-    """Every combination of ``points`` values per dimension (log-spaced for log_uniform)."""
+    """Every combination of ``points`` values per dimension (log-spaced for log_uniform).
+
+    Example:
+        >>> grid({"learning_rate": log_uniform(1e-3, 1e-1)}, points=3)  # 1e-3, 1e-2, 1e-1
+    """
     _check_space("grid", space)
+    points = _check_int("grid", "points", points, 1)
     axes = {name: dim.grid(points) for name, dim in space.items()}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
@@ -222,12 +239,29 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _check_search(owner: str, objective: Any, metric: Any, mode: Any, batched: Any) -> None:
+    if not callable(objective):
+        raise TypeError(f"{owner}: objective must be a function; got {type(objective).__name__}.")
+    if not isinstance(metric, str):
+        raise TypeError(f"{owner}: metric must be the name of a metric (a str); got {metric!r}.")
+    if mode not in ("max", "min"):
+        raise ValueError(f"{owner}: mode must be 'max' or 'min'; got {mode!r}.")
+    if not isinstance(batched, bool):
+        raise TypeError(f"{owner}: batched must be True or False; got {batched!r}.")
+
+
 def _run(objective: Callable, configs: list[dict], batched: bool, metric: str,
          mode: str) -> Results:
     outputs = objective(configs) if batched else [objective(c) for c in configs]
-    if len(outputs) != len(configs):
+    if not isinstance(outputs, Sequence) or len(outputs) != len(configs):
         raise ValueError(
-            f"the objective returned {len(outputs)} results for {len(configs)} configs.")
+            f"the objective must return one dict of metrics per config; got "
+            f"{len(outputs) if isinstance(outputs, Sequence) else type(outputs).__name__} results "
+            f"for {len(configs)} configs.")
+    for m in outputs:
+        if not isinstance(m, dict):
+            raise TypeError(f"the objective must return a dict of metrics per config; got "
+                            f"{type(m).__name__} {m!r}.")
     trials = [Trial(c, {k: float(v) for k, v in m.items()}) for c, m in zip(configs, outputs)]
     return Results(trials, metric, mode)
 
@@ -240,6 +274,7 @@ def grid_search(objective: Callable, space: dict, *, points: int = 3, metric: st
         >>> results = grid_search(objective, {"learning_rate": log_uniform(1e-3, 1e-1)},
         ...                       points=5, metric="val_accuracy")
     """
+    _check_search("grid_search", objective, metric, mode, batched)
     return _run(objective, grid(space, points), batched, metric, mode)
 
 
@@ -252,6 +287,9 @@ def random_search(objective: Callable, space: dict, *, key: jax.Array, trials: i
         ...                         metric="val_accuracy", batched=True)
         >>> print(results.table(5))
     """
+    _check_search("random_search", objective, metric, mode, batched)
+    _check_key("random_search", key)
+    trials = _check_int("random_search", "trials", trials, 1)
     return _run(objective, sample(space, key, trials), batched, metric, mode)
 
 
@@ -267,9 +305,19 @@ def refine(space: dict, results: Results, *, top: int = 3, margin: float = 0.5) 
         >>> results = random_search(objective, fine, key=key2, trials=16, metric="val_accuracy")
     """
     _check_space("refine", space)
+    top = _check_int("refine", "top", top, 1)
+    margin = _check_number("refine", "margin", margin)
+    if not 0 <= margin < math.inf:
+        raise ValueError(f"refine: margin must be a finite number >= 0; got {margin!r}.")
+    if not isinstance(results, Sequence) or not all(isinstance(t, Trial) for t in results):
+        raise TypeError("refine: results must be the Results of grid_search or random_search.")
     best = list(results)[:top]
     if not best:
         raise ValueError("refine: results hold no trials.")
+    for name in space:
+        if any(name not in t.config for t in best):
+            raise KeyError(f"refine: the trials' configs have no value for space[{name!r}]; "
+                           f"they name {sorted(best[0].config)}.")
     return {name: dim.around([t.config[name] for t in best], margin) for name, dim in space.items()}
 
 
@@ -284,9 +332,15 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
 
     Every configuration starts from ``state`` and differs only in the optimizer
     hyperparameters it names (set with :func:`optimizers.set_hyperparams`, kept
-    as data), so the program is compiled once for all of them. Data order and
-    dropout keys are the same for every model: each result equals that of
-    training the configuration alone with the same key.
+    as data), so the epoch program is compiled once for all of them. Every
+    value of every configuration is range-checked first (a negative learning
+    rate is an error, not gradient ascent). The epochs run through the loop
+    :func:`fnn.train.fit` runs (``run_epochs``, epochs numbered from
+    ``state.step``) and the data get fit's checks; data order and dropout keys
+    are the same for every model, so each result equals that of training the
+    configuration alone with ``fit`` and the same key. A configuration that
+    diverges reports a NaN loss (it sorts last in :class:`Results`); it does
+    not stop the others.
 
     Returns:
       One dict of final metrics per configuration: ``train_<metric>`` of the
@@ -297,11 +351,23 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
         >>> metrics = parallel_fit(loss_fn, tx, state, configs, (x, y), key=key, epochs=10,
         ...                        batch_size=64, val_data=(xv, yv), eval_fn=eval_fn)
     """
+    opt._base.check_optimizer("parallel_fit", "tx", tx)
+    _check_key("parallel_fit", key)
+    epochs = _check_int("parallel_fit", "epochs", epochs, 1)
+    steps_per_epoch = _train.check_fit_inputs("parallel_fit", loss_fn, state, train_data,
+                                              batch_size, False, val_data, eval_fn)
+    if isinstance(configs, dict) or not isinstance(configs, Sequence) \
+            or not all(isinstance(c, dict) for c in configs):
+        raise TypeError("parallel_fit: configs must be a list of dicts of hyperparameters, e.g. "
+                        "tuning.sample(space, key, 16).")
     if not configs:
         raise ValueError("parallel_fit: configs is empty.")
     names = list(configs[0])
     if any(list(c) != names for c in configs):
         raise ValueError("parallel_fit: every config must name the same hyperparameters.")
+    for i, config in enumerate(configs):  # every value, not only the first configuration's
+        for name, value in config.items():
+            _validate.check(f"parallel_fit: configs[{i}]", name, value, allow_schedule=False)
     available = opt.hyperparams(state.opt_state)
     try:
         dtypes = {name: available[name].dtype for name in names}
@@ -311,22 +377,20 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
     stacked = {name: jnp.asarray([c[name] for c in configs], dtypes[name]) for name in names}
     opt.set_hyperparams(state.opt_state, **{n: v[0] for n, v in stacked.items()})  # validates names
     n = len(configs)
+
     def configured(hp):
         return state._replace(opt_state=opt.set_hyperparams(state.opt_state, **hp))
 
-    states = jax.vmap(configured)(stacked)
-    epoch = jax.vmap(_train.make_epoch(loss_fn, tx, batch_size), in_axes=(0, None, None))
-
-    @jax.jit
-    def run(states, data, key):
-        def body(states, e):
-            return epoch(states, data, jax.random.fold_in(key, e))
-        states, metrics = jax.lax.scan(body, states, jnp.arange(epochs))
-        return states, jax.tree_util.tree_map(lambda m: m[-1], metrics)
-
-    states, metrics = run(states, jax.tree_util.tree_map(jnp.asarray, train_data), key)
+    states = jax.vmap(configured)(stacked)  # new buffers: donating them leaves `state` intact
+    epoch = jax.jit(jax.vmap(_train.make_epoch(loss_fn, tx, batch_size), in_axes=(0, None, None)),
+                    donate_argnums=(0,))
+    last: dict = {}
+    states = _train.run_epochs(epoch, states, jax.tree_util.tree_map(jnp.asarray, train_data),
+                               key, _train.first_epoch(state, steps_per_epoch), epochs,
+                               lambda e, states, metrics: last.update(metrics=metrics))
+    metrics = last["metrics"]
     results = [{f"train_{k}": float(v[i]) for k, v in metrics.items()} for i in range(n)]
-    if eval_fn is not None and val_data is not None:
+    if eval_fn is not None:
         params = jax.vmap(lambda s: s.unpacked_params())(states)
         val = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None)))(params, states.model_state, val_data)
         for i in range(n):

@@ -143,3 +143,84 @@ def test_preprocessing_in_default_32_bit_mode():
         assert out.dtype == jnp.float32
         np.testing.assert_allclose(np.cov(np.asarray(out, np.float64).T, bias=True), np.eye(4),
                                    atol=1e-3)
+
+
+# ------------------------------------------------------------------ issue 11 regressions
+
+
+@pytest.mark.parametrize("whiten", [data.pca_whiten, data.zca_whiten])
+def test_whitening_floors_zero_variance_directions_at_eps(whiten):
+    """A constant feature (digits has constant pixels) is scaled by 1/√ε, not divided by zero.
+
+    Reference: float64 NumPy eigendecomposition with the floor written from the formula
+    x ← (x − μ) U diag(1/√max(λ, ε)) [Uᵀ for ZCA], applied to data in which the constant
+    feature moves.
+    """
+    rng = np.random.default_rng(2)
+    train = np.concatenate([rng.normal(size=(60, 3)) @ rng.normal(size=(3, 3)),
+                            np.full((60, 1), 0.25)], 1)
+    test = train[:5] + np.array([0.0, 0.0, 0.0, 1.0])
+    eps = 1e-4
+    mean = train.mean(0)
+    eigenvalues, eigenvectors = np.linalg.eigh((train - mean).T @ (train - mean) / len(train))
+    scale = np.diag(1 / np.sqrt(np.maximum(eigenvalues, eps)))
+    expected = (test - mean) @ eigenvectors @ scale
+    out = np.asarray(whiten(train, eps=eps)(test))
+    if whiten is data.zca_whiten:
+        np.testing.assert_allclose(out, expected @ eigenvectors.T, rtol=1e-8, atol=1e-8)
+    else:  # principal axes are defined up to sign (and order): compare |columns| as sets
+        np.testing.assert_allclose(np.sort(np.abs(out), 1), np.sort(np.abs(expected), 1),
+                                   rtol=1e-8, atol=1e-8)
+    assert np.abs(out).max() == pytest.approx(1 / np.sqrt(eps), rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 10, 11, 16, 21])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_batch_indices_cover_every_example_whatever_the_remainder(n, drop_remainder):
+    size = 5
+    index = data.batch_indices(jax.random.key(0), n, size, drop_remainder=drop_remainder)
+    sizes = [len(i) for i in index]
+    if drop_remainder:
+        assert sizes == [size] * (n // size)
+    else:
+        assert sizes == [size] * (n // size) + ([n % size] if n % size else [])
+        assert sorted(np.concatenate(index).tolist()) == list(range(n))
+
+
+def test_standardize_rejects_non_finite_training_data_and_locates_it():
+    x = np.random.default_rng(0).normal(size=(30, 6))
+    x[17, 4] = np.nan
+    x[21, 0] = np.inf
+    x[25, 2] = np.nan
+    message = (r"x_train has 3 non-finite values \(NaN: 2, Inf: 1\); first at row 17, "
+               "column 4")
+    for fit_preprocessor in (data.center, data.standardize, data.pca_whiten, data.zca_whiten):
+        with pytest.raises(ValueError, match=message):
+            fit_preprocessor(x)
+
+
+def test_missing_scikit_learn_names_the_package(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError) as caught:
+        data.load_iris()
+    message = str(caught.value)
+    assert "pip install scikit-learn" in message and "fnn[examples]" in message
+    assert "-e" not in message.split()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_whitening_in_low_precision_keeps_the_dtype(dtype):
+    """float16/bfloat16 data (no SVD in those dtypes) are whitened; the result keeps the dtype.
+
+    Reference: identity covariance of the whitened data, up to the dtype's rounding.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 3)) @ np.array([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.5]])
+    low = jnp.asarray(x, dtype)
+    for whiten in (data.pca_whiten, data.zca_whiten):
+        out = whiten(low)(low)
+        assert out.dtype == dtype
+        cov = np.cov(np.asarray(out, np.float64).T, bias=True)
+        np.testing.assert_allclose(cov, np.eye(3), atol=0.05)
+    pixels = data.zca_whiten(x)(np.arange(6, dtype=np.uint8).reshape(2, 3))
+    assert jnp.issubdtype(pixels.dtype, jnp.floating)

@@ -122,3 +122,22 @@ def test_bad_input(index):
     make, error, message = BAD[index]
     with pytest.raises(error, match=message):
         make()
+
+
+def test_parallel_fit_keeps_the_callers_state_and_continues_from_its_step():
+    """parallel_fit runs fit's epoch loop: from a state that already trained 2 epochs it equals
+    fit continuing from that state, and the state stays usable."""
+    data, params, loss_fn, eval_fn, _ = classification_problem()
+    tx = opt.sgd(0.1)
+    state = train.init_train_state(params, {}, tx)
+    state, _ = train.fit(loss_fn, tx, state, data, key=jax.random.key(4), epochs=2, batch_size=32,
+                         progress=False)
+    results = tuning.parallel_fit(loss_fn, tx, state, [{"learning_rate": 0.05},
+                                                       {"learning_rate": 0.2}],
+                                  data, key=jax.random.key(4), epochs=2, batch_size=32)
+    assert not state.params["w"].is_deleted()
+    for lr, result in zip((0.05, 0.2), results):
+        alone = state._replace(opt_state=opt.set_hyperparams(state.opt_state, learning_rate=lr))
+        _, history = train.fit(loss_fn, tx, alone, data, key=jax.random.key(4), epochs=2,
+                               batch_size=32, progress=False)
+        assert history["train_loss"][-1] == pytest.approx(result["train_loss"], rel=1e-5)
