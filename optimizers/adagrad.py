@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from . import _fused
 from ._base import Optimizer, from_rule
+from ._fused import divide_or_zero, rsqrt_or_zero
 
 
 class AdagradState(NamedTuple):
@@ -16,6 +17,7 @@ class AdagradState(NamedTuple):
     sum_of_squares: Any
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def adagrad(
@@ -49,9 +51,9 @@ def adagrad(
         def leaf(g, p, sum_of_squares):
             sum_of_squares = sum_of_squares + g * g
             if eps_in_sqrt:
-                scaled = g * jax.lax.rsqrt(sum_of_squares + eps)
+                scaled = g * rsqrt_or_zero(sum_of_squares + eps)
             else:
-                scaled = g / (jnp.sqrt(sum_of_squares) + eps)
+                scaled = divide_or_zero(g, jnp.sqrt(sum_of_squares) + eps)
             return -learning_rate * scaled, (sum_of_squares,)
         return leaf
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from . import _fused
 from ._base import Optimizer, from_rule
+from ._fused import divide_or_zero
 
 
 class AdamState(NamedTuple):
@@ -18,12 +19,14 @@ class AdamState(NamedTuple):
     nu: Any
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def _adam_rule(count, b1, b2, eps, bias_correction):
     """The shared Adam arithmetic: scalars once, then ``direction(g, mu, nu)``.
 
-    direction = m̂ / (√v̂ + ε), with the new moments.
+    direction = m̂ / (√v̂ + ε), with the new moments; 0 where √v̂ + ε = 0 (ε = 0 and
+    a gradient that was always 0: the limit, not 0/0 = NaN).
     """
     keep1, keep2 = 1 - b1, 1 - b2
     if bias_correction:
@@ -36,8 +39,8 @@ def _adam_rule(count, b1, b2, eps, bias_correction):
         mu = b1 * mu + keep1 * g
         nu = b2 * nu + keep2 * g * g
         if bias_correction:
-            return (mu / correction1) / (jnp.sqrt(nu / correction2) + eps), mu, nu
-        return mu / (jnp.sqrt(nu) + eps), mu, nu
+            return divide_or_zero(mu / correction1, jnp.sqrt(nu / correction2) + eps), mu, nu
+        return divide_or_zero(mu, jnp.sqrt(nu) + eps), mu, nu
 
     return direction
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from . import _fused, _validate
 from ._base import Optimizer, from_rule
+from ._fused import divide_or_zero, rsqrt_or_zero
 
 
 class RmspropState(NamedTuple):
@@ -18,6 +19,7 @@ class RmspropState(NamedTuple):
     trace: Any  # momentum > 0 only, else ()
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def rmsprop(
@@ -75,9 +77,9 @@ def rmsprop(
                 variance = jnp.maximum(mean_square - mean_grad * mean_grad, 0)
                 new.append(mean_grad)
             if eps_in_sqrt:
-                scaled = g * jax.lax.rsqrt(variance + eps)
+                scaled = g * rsqrt_or_zero(variance + eps)
             else:
-                scaled = g / (jnp.sqrt(variance) + eps)
+                scaled = divide_or_zero(g, jnp.sqrt(variance) + eps)
             if use_momentum:
                 scaled = momentum * rest.pop(0) + scaled
                 new.append(scaled)

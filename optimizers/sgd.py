@@ -14,6 +14,7 @@ class SgdState(NamedTuple):
     count: jax.Array
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 class MomentumState(NamedTuple):
@@ -21,6 +22,7 @@ class MomentumState(NamedTuple):
     velocity: Any
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def sgd(learning_rate: Any = 0.01) -> Optimizer:
