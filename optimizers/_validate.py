@@ -106,20 +106,23 @@ def check(owner: str, name: str, value: Any, *, allow_schedule: bool = True) -> 
 
 
 def _check_schedule(owner: str, name: str, schedule: Any) -> None:
-    first = schedule(jnp.zeros((), jnp.int32))
-    if isinstance(first, jax.core.Tracer):  # built inside a trace: checked in the step
-        return
-    array = np.asarray(first)
-    if array.dtype.kind not in "fiub" or array.ndim != 0:
-        raise TypeError(
-            f"{owner}: the schedule given as {name} must return a real scalar for a scalar "
-            f"step; at step 0 it returned {array.dtype} of shape {array.shape}."
-        )
-    if name in RANGES and not _in_range(name, float(array)):
-        raise ValueError(
-            f"{owner}: {name} must be in {describe_range(name)} at every step; the schedule "
-            f"{schedule!r} gives {float(array)!r} at step 0."
-        )
+    """Checks a schedule's values at the steps where they can be extreme (its ``probe``:
+    step 0, the end of a decay, boundaries; only step 0 for a plain function)."""
+    for step in getattr(schedule, "probe", (0,)):
+        value = schedule(jnp.asarray(step, jnp.int32))
+        if isinstance(value, jax.core.Tracer):  # built inside a trace: checked in the step
+            return
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiub" or array.ndim != 0:
+            raise TypeError(
+                f"{owner}: the schedule given as {name} must return a real scalar for a scalar "
+                f"step; at step {step} it returned {array.dtype} of shape {array.shape}."
+            )
+        if name in RANGES and not _in_range(name, float(array)):
+            raise ValueError(
+                f"{owner}: {name} must be in {describe_range(name)} at every step; the "
+                f"schedule {schedule!r} gives {float(array)!r} at step {step}."
+            )
 
 
 def check_batch(owner: str, name: str, value: Any) -> None:
@@ -135,14 +138,19 @@ def check_batch(owner: str, name: str, value: Any) -> None:
     if name in RANGES:
         bad = ~_in_range(name, array.astype(np.float64))
         if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
                 f"{owner}: every {name} must be in {describe_range(name)}; got "
-                f"{array[bad].ravel()[0]!r} at index {tuple(int(i) for i in np.argwhere(bad)[0])}."
+                f"{array[where].item()!r} at index {where}."
             )
 
 
 def nan_outside_range(name: str, value: jax.Array) -> jax.Array:
-    """``value`` where it is in the range of ``name``, NaN elsewhere (traced; scalar work)."""
+    """``value`` where it is in the range of ``name``, NaN elsewhere (traced; scalar work).
+
+    Written as ``value + (0 or NaN)`` so that a derivative with respect to the
+    value is NaN too (a ``where`` would route it to zero).
+    """
     if name not in RANGES:
         return value
-    return jnp.where(_in_range(name, value), value, jnp.nan).astype(value.dtype)
+    return value + jnp.where(_in_range(name, value), 0, jnp.nan).astype(value.dtype)

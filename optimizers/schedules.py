@@ -60,7 +60,7 @@ class Schedule:
                                 f"{type(step).__name__} {step!r}.")
             if array.size and not np.all(array >= 0):
                 raise ValueError(f"schedule {self!r}: steps count from 0; got step "
-                                 f"{array[~(array >= 0)].ravel()[0]!r}.")
+                                 f"{array[~(array >= 0)].ravel()[0].item()!r}.")
             return self._fn(jnp.asarray(step))
         step = jnp.asarray(step)
         value = jnp.asarray(self._fn(step))

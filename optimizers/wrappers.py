@@ -41,6 +41,12 @@ class AccumulateState(NamedTuple):
     mini_step: jax.Array  # gradients summed since the last inner update
 
 
+def _check_state(owner: str, state: Any, state_type: type) -> None:
+    if not isinstance(state, state_type):
+        raise TypeError(f"{owner}.update: state must be the {state_type.__name__} returned by "
+                        f"{owner}(...).init(params); got {type(state).__name__}.")
+
+
 def _applies_learning_rate(state: Any) -> bool:
     """Whether a wrapped state belongs to an optimizer that applies −η itself: some state in
     it holds a ``learning_rate`` (a gradient transform such as clipping or decay has none)."""
@@ -85,9 +91,7 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
         return MaskedState(tx.init(_mask.select(params, mask_leaves("masked", mask, params))))
 
     def update(grads, state, params=None, **extra):
-        if not isinstance(state, MaskedState):
-            raise TypeError("masked.update: state must be the MaskedState returned by "
-                            f"masked(...).init(params); got {type(state).__name__}.")
+        _check_state("masked", state, MaskedState)
         if params is not None:
             check_same_structure("masked.update", "grads", grads, "params", params)
         keep = mask_leaves("masked", mask, params if params is not None else grads)
@@ -133,6 +137,7 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
         return SkipNonfiniteState(tx.init(params), jnp.zeros((), jnp.int32), jnp.array(True))
 
     def update(grads, state, params=None, **extra):
+        _check_state("skip_nonfinite", state, SkipNonfiniteState)
         finite = _all_finite(grads)
 
         def apply(_):
@@ -168,8 +173,8 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
     check_optimizer("accumulate", "tx", tx)
     if isinstance(every, bool) or not isinstance(every, int):
         raise TypeError(f"accumulate: every must be a Python int >= 1; got {every!r}.")
-    if every < 1:
-        raise ValueError(f"accumulate: every must be an int in [1, inf); got {every}.")
+    if not 1 <= every <= np.iinfo(np.int32).max:  # the call counter is an int32
+        raise ValueError(f"accumulate: every must be an int in [1, 2**31 - 1]; got {every}.")
 
     def init(params):
         grad_sum = jax.tree_util.tree_map(
@@ -177,6 +182,7 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         return AccumulateState(tx.init(params), grad_sum, jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, **extra):
+        _check_state("accumulate", state, AccumulateState)
         check_same_structure("accumulate.update", "grads", grads, "the optimizer state",
                              state.grad_sum)
         grad_sum = jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
