@@ -20,7 +20,9 @@ function over the leaves. The same rule runs unchanged on packed flat buffers
 Dtype policy (DESIGN.md): hyperparameters are stored at the params' widest float
 dtype but never below float32; the rule runs in float32 for bfloat16/float16
 leaves (float64 leaves stay float64); updates are cast back to the param dtype,
-moments to their own dtype (the param dtype unless ``moment_dtype`` is given).
+moments to their own dtype: the param dtype but at least float32 (float32 for
+bfloat16/float16 params: float16 moments overflow and underflow, bfloat16 ones
+cannot decay by β₂ = 0.999 a step), unless ``moment_dtype`` is given.
 """
 
 from __future__ import annotations

@@ -36,10 +36,11 @@ def adagrad(
 
     Args:
       learning_rate: η ≥ 0, a number or a schedule.
-      eps: ε ≥ 0.
+      eps: ε ≥ 0; with ε = 0, a coordinate whose gradients were all 0 gets update 0
+        (the limit; 0/0 is defined so, not NaN).
       initial_accumulator: h₀ ≥ 0, the starting value of every h.
       eps_in_sqrt: put ε inside the square root.
-      moment_dtype: dtype of h (default: the param dtype).
+      moment_dtype: dtype of h (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.adagrad(0.1)

@@ -61,9 +61,15 @@ def adam(
     Without bias correction m̂ = m and v̂ = v (the source texts' first form).
 
     Matches ``torch.optim.Adam`` and ``optax.adam`` (ε outside the root).
-    Hyperparameters are kept in float32 at least, so β₂ = 0.999 stays below 1
-    for bfloat16 params; pass ``moment_dtype=jnp.float32`` to keep m and v in
-    float32 as well.
+    Hyperparameters, m and v are kept in float32 at least, so for bfloat16 and
+    float16 params β₂ = 0.999 stays below 1, v can decay by 0.1% a step (in
+    bfloat16 it could not) and neither overflows nor underflows (float16's
+    range ends at 6.5e4; g² of g = 1e-4 is below it). That costs memory: 8 bytes
+    of moments per 16-bit param instead of 4; ``moment_dtype=jnp.bfloat16``
+    keeps the 16-bit moments.
+
+    ε = 0 is allowed: where √v̂ + ε = 0 (a coordinate whose gradient was always
+    0) the update is 0, the limit, not 0/0.
 
     Args:
       learning_rate: η ≥ 0, a number or a schedule.
@@ -71,7 +77,7 @@ def adam(
       b2: β₂ in [0, 1).
       eps: ε ≥ 0.
       bias_correction: divide by 1 − βᵗ.
-      moment_dtype: dtype of m and v (default: the param dtype).
+      moment_dtype: dtype of m and v (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.adam(1e-3)

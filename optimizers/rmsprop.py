@@ -42,11 +42,12 @@ def rmsprop(
     Args:
       learning_rate: η ≥ 0, a number or a schedule.
       decay: ρ in [0, 1).
-      eps: ε ≥ 0.
+      eps: ε ≥ 0; where the denominator d is 0 (ε = 0 and zero gradients, or a zero
+        centered variance) the update is 0, not 0/0.
       centered: normalize by the variance estimate s − a² instead of s.
       momentum: μ in [0, 1).
       eps_in_sqrt: put ε inside the square root.
-      moment_dtype: dtype of s, a and b (default: the param dtype).
+      moment_dtype: dtype of s, a and b (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.rmsprop(1e-3, decay=0.9, centered=True)

@@ -60,7 +60,7 @@ def momentum(
       learning_rate: η ≥ 0, a number or a schedule.
       momentum: μ in [0, 1), a number or a schedule.
       nesterov: use Nesterov's look-ahead form.
-      moment_dtype: dtype of v (default: the param dtype).
+      moment_dtype: dtype of v (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.momentum(0.01, momentum=0.9, nesterov=True)
