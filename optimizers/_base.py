@@ -334,7 +334,7 @@ def _check_moments(owner: str, state: Any, moments: Sequence[str], grads: Any) -
                 "state was made by an optimizer with other options (e.g. rmsprop(centered="
                 "True) vs centered=False). Re-initialize it with this optimizer's init."
             )
-    for moment in moments:
+    for i, moment in enumerate(moments):
         value = getattr(state, moment)
         if type(value) is tuple and not value and jax.tree_util.tree_leaves(grads):
             raise ValueError(
@@ -342,7 +342,9 @@ def _check_moments(owner: str, state: Any, moments: Sequence[str], grads: Any) -
                 "these options keeps; the state was made by an optimizer with other options. "
                 "Re-initialize it with this optimizer's init."
             )
-        check_same_structure(f"{owner}.update", "grads", grads, "the optimizer state", value)
+        if i == 0 or (jax.tree_util.tree_structure(value)
+                      != jax.tree_util.tree_structure(getattr(state, moments[0]))):
+            check_same_structure(f"{owner}.update", "grads", grads, "the optimizer state", value)
 
 
 # --------------------------------------------------------------------------- apply and chain

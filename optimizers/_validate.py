@@ -35,6 +35,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
+# hyperparameters read only by init (they fill a moment): setting them in a state changes nothing
+INIT_ONLY = {"initial_accumulator": "sum_of_squares"}
+
+
 def describe_range(name: str) -> str:
     low, high, low_in, high_in = RANGES[name]
     left = "[" if low_in else "("

@@ -224,6 +224,14 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
                 f"{', '.join(known)}. (Options fixed at construction, such as nesterov or a zero "
                 "rmsprop momentum, are not data.)"
             )
+        if name in _validate.INIT_ONLY:
+            moment = _validate.INIT_ONLY[name]
+            raise ValueError(
+                f"set_hyperparams: {name} is used only by init (it fills {moment}), so setting "
+                f"it in a state would change nothing. Build the optimizer with it, or set the "
+                f"moment itself: state._replace({moment}=jax.tree.map(lambda h: jnp.full_like("
+                f"h, value), state.{moment}))."
+            )
         if len(holders) > 1:
             raise ValueError(
                 f"set_hyperparams: {name} is a hyperparameter of several links "
