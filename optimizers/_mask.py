@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from .packing import Packed, resolve_packed_mask
+
 
 class MaskedNode(NamedTuple):
     """Stands where a mask left a leaf out: a pytree node with no leaves.
@@ -73,8 +75,6 @@ def resolve(owner: str, mask: Any, tree: Any) -> Any:
 
 def leaf_values(owner: str, mask: Any, tree: Any, *, tree_name: str = "params") -> list[bool]:
     """One bool per leaf of ``tree``: the value of the mask leaf above it (prefix rule)."""
-    from .packing import Packed, resolve_packed_mask  # packing imports this module
-
     if isinstance(tree, Packed):  # a mask over the unpacked tree, one bool per buffer
         resolved = resolve_packed_mask(owner, mask, tree)
     else:

@@ -213,7 +213,9 @@ def switch(*transforms: Optimizer) -> Optimizer:
     training program serves every optimizer (change it with
     ``state._replace(index=jnp.int32(i))``), and ``jax.vmap`` over states with
     different indices trains models with different optimizers at once. On one
-    device only the chosen branch runs (``lax.switch``).
+    device only the chosen branch runs (``lax.switch``). An index that names no
+    optimizer is an error when it is concrete; a traced one gives NaN updates
+    (and keeps every state), never some other optimizer's step.
 
     Example:
         >>> tx = optimizers.switch(optimizers.sgd(0.1), optimizers.adam(1e-3))
