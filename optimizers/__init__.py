@@ -14,10 +14,12 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
 * Hyperparameters are data: they live in the state (``state.hyperparams``),
   can be read with :func:`hyperparams` and changed with :func:`set_hyperparams`
   without recompiling, and a ``jax.vmap`` over states trains many models at once.
+  ``update`` uses the optimizer's own values except those set with
+  ``set_hyperparams``; a state from a different optimizer is an error.
 * Any hyperparameter may be a schedule ``step -> value`` (see
   :mod:`optimizers.schedules`).
-* Updates keep the param dtype; hyperparameters are float32 at least (float64
-  for float64 params); low-precision leaves are computed in float32.
+* Updates keep the param dtype; hyperparameters and moments are float32 at least
+  (float64 for float64 params); low-precision leaves are computed in float32.
 * On the CPU, large float32 leaves of Adam/AdamW, Momentum, AdaGrad and RMSProp
   are stepped in one pass by ``jax.ffi`` kernels (:mod:`optimizers._fused`);
   the numbers are those of the plain rule to float32 rounding.

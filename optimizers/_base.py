@@ -20,7 +20,9 @@ function over the leaves. The same rule runs unchanged on packed flat buffers
 Dtype policy (DESIGN.md): hyperparameters are stored at the params' widest float
 dtype but never below float32; the rule runs in float32 for bfloat16/float16
 leaves (float64 leaves stay float64); updates are cast back to the param dtype,
-moments to their own dtype (the param dtype unless ``moment_dtype`` is given).
+moments to their own dtype: the param dtype but at least float32 (float32 for
+bfloat16/float16 params: float16 moments overflow and underflow, bfloat16 ones
+cannot decay by β₂ = 0.999 a step), unless ``moment_dtype`` is given.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _fused, _validate
-from .packing import Packed, resolve_packed_mask
+from . import _fused, _mask, _validate
+from .hyperparams import check_state_matches, used_values
 
 Params = Any
 Updates = Any
@@ -123,22 +125,8 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 
 
 def mask_leaves(owner: str, mask: Any, tree: Any) -> list[bool]:
-    """Resolves a mask (pytree of bools or ``params -> pytree of bools``) to Python bools."""
-    if isinstance(tree, Packed):  # a mask over the unpacked tree, one bool per buffer
-        resolved = resolve_packed_mask(owner, mask, tree)
-    else:
-        resolved = mask(tree) if callable(mask) else mask
-    if jax.tree_util.tree_structure(resolved) != jax.tree_util.tree_structure(tree):
-        raise structure_error(owner, "mask", resolved, "params", tree)
-    out = []
-    for path, value in jax.tree_util.tree_flatten_with_path(resolved)[0]:
-        if isinstance(value, jax.core.Tracer):
-            raise TypeError(
-                f"{owner}: mask{jax.tree_util.keystr(path)} is a traced value; a mask must "
-                "hold Python bools (it decides which leaves are updated at trace time)."
-            )
-        out.append(bool(value))
-    return out
+    """One Python bool per leaf of ``tree`` from a mask (see :mod:`optimizers._mask`)."""
+    return _mask.leaf_values(owner, mask, tree)
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
@@ -194,6 +182,13 @@ def from_rule(
 ) -> Optimizer:
     """Lifts a two-level rule to an :class:`Optimizer` over pytrees.
 
+    Which hyperparameter values a step uses (:func:`optimizers.hyperparams.used_values`):
+    the optimizer's own (its constructor's arguments), except those changed
+    with :func:`optimizers.set_hyperparams` (or traced when the state was
+    made), where the state's value wins; the used values are written back to
+    the state. A concrete value out of range is an error at construction; a
+    traced one (or a schedule's value) out of range makes the step NaN.
+
     Args:
       name: the constructor's name, used in error messages.
       rule: ``rule(count, **hyperparams, **reduced) -> leaf`` does the scalar work
@@ -201,17 +196,19 @@ def from_rule(
         ``leaf(g, p, *moments) -> (update, tuple_of_new_moments)``, written for
         arrays of any shape.
       state_type: a NamedTuple with fields ``count``, one per moment,
-        ``hyperparams`` and ``scheduled``; fields of moments that this
-        configuration does not use (not in ``moments``) hold ``()``.
+        ``hyperparams``, ``scheduled`` and ``overridden``; fields of moments
+        that this configuration does not use (not in ``moments``) hold ``()``.
       hyperparams: the constructor's numeric hyperparameters by name; each a
         number, a (possibly traced) scalar array or a schedule ``step -> value``.
       moments: names of the per-param state arrays, in the order ``leaf`` takes them.
       moment_init: moment name -> hyperparameter name whose value fills it at init
         (other moments start at zero).
-      moment_dtype: dtype of the moments; the param dtype if None.
+      moment_dtype: dtype of the moments; by default the param dtype, but at
+        least float32 (bfloat16/float16 params get float32 moments).
       needs_params: the rule reads ``p``; ``update`` must then be given params.
-      mask: pytree of bools or function params -> bools; where False, the
-        hyperparameters named in ``masked`` are zero for that leaf.
+      mask: pytree of bools or function params -> bools (a prefix of the params
+        tree); where False, the hyperparameters named in ``masked`` are zero
+        for that leaf.
       reduce: optional ``reduce(grad_leaves) -> dict of scalars`` computed over all
         leaves before the rule runs (e.g. a global norm); passed to ``rule``.
       fused: optional ``(coefficients, step)`` of a one-pass kernel
@@ -235,18 +232,20 @@ def from_rule(
         leaves, treedef = jax.tree_util.tree_flatten(params)
         dtype = hyperparam_dtype(leaves)
         hyper = {k: jnp.asarray(v, dtype) for k, v in fixed.items()}
+        # A value traced when the state is made (an optimizer built inside jit/vmap from an
+        # array) is the state's own data, like a value given to set_hyperparams.
+        overridden = {k: jnp.asarray(isinstance(v, jax.core.Tracer)) for k, v in fixed.items()}
         first = jnp.zeros((), jnp.int32)
         scheduled = {k: jnp.asarray(s(first), dtype) for k, s in schedules.items()}
         values = {**hyper, **scheduled}
         state_moments = {}
         for moment in moments:
             fill = values[moment_init[moment]] if moment in moment_init else 0
-            state_moments[moment] = jax.tree_util.tree_unflatten(
-                treedef,
-                [jnp.full(jnp.shape(p), fill, moment_dtype or jnp.result_type(p)) for p in leaves],
-            )
+            state_moments[moment] = jax.tree_util.tree_unflatten(treedef, [
+                jnp.full(jnp.shape(p), fill, moment_dtype or compute_dtype(jnp.result_type(p)))
+                for p in leaves])
         return make_state(count=jnp.zeros((), jnp.int32), hyperparams=hyper, scheduled=scheduled,
-                          **state_moments)
+                          overridden=overridden, **state_moments)
 
     def update(grads: Updates, state: State, params: Params = None, **extra) -> tuple:
         del extra  # part of the protocol; rules take no extra arguments
@@ -255,9 +254,8 @@ def from_rule(
                 f"{name}.update: state must be the {state_type.__name__} returned by "
                 f"{name}(...).init(params); got {type(state).__name__}."
             )
-        if moments:
-            check_same_structure(f"{name}.update", "grads", grads, "the optimizer state",
-                                 getattr(state, moments[0]))
+        check_state_matches(name, state, fixed, schedules)
+        _check_moments(name, state, moments, grads)
         if params is not None:
             check_same_structure(f"{name}.update", "grads", grads, "params", params)
         if needs_params and params is None:
@@ -265,9 +263,9 @@ def from_rule(
         g_leaves, treedef = jax.tree_util.tree_flatten(grads)
         p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(g_leaves)
         m_leaves = [treedef.flatten_up_to(getattr(state, m)) for m in moments]
-        used = {k: jnp.asarray(s(state.count), state.scheduled[k].dtype)
-                for k, s in schedules.items()}
-        values = {**state.hyperparams, **used}
+        used = {k: s(state.count) for k, s in schedules.items()}
+        values, stored, scheduled = used_values(
+            state.hyperparams, state.overridden, fixed, state.scheduled, used)
         keep = [True] * len(g_leaves)
         if mask is not None:
             keep = mask_leaves(name, mask, params if params is not None else grads)
@@ -312,13 +310,41 @@ def from_rule(
                 new_moments[j].append(_cast(m, state_i[j].dtype))
         state = make_state(
             count=count,
-            hyperparams=state.hyperparams,
-            scheduled=used,
+            hyperparams=stored,
+            scheduled=scheduled,
+            overridden=state.overridden,
             **{m: jax.tree_util.tree_unflatten(treedef, ms) for m, ms in zip(moments, new_moments)},
         )
         return jax.tree_util.tree_unflatten(treedef, updates), state
 
     return Optimizer(init, update)
+
+
+def _check_moments(owner: str, state: Any, moments: Sequence[str], grads: Any) -> None:
+    """The state keeps exactly this configuration's moments, shaped like ``grads``."""
+    kept = set(moments)
+    for field in state._fields:
+        if field in ("count", "hyperparams", "scheduled", "overridden"):
+            continue
+        value = getattr(state, field)
+        if field not in kept and not (type(value) is tuple and not value):
+            raise ValueError(
+                f"{owner}.update: the state keeps a {field} moment, which {owner} built with "
+                f"these options does not (it keeps {', '.join(moments) or 'no moments'}); the "
+                "state was made by an optimizer with other options (e.g. rmsprop(centered="
+                "True) vs centered=False). Re-initialize it with this optimizer's init."
+            )
+    for i, moment in enumerate(moments):
+        value = getattr(state, moment)
+        if type(value) is tuple and not value and jax.tree_util.tree_leaves(grads):
+            raise ValueError(
+                f"{owner}.update: the state has no {moment} moment, which {owner} built with "
+                "these options keeps; the state was made by an optimizer with other options. "
+                "Re-initialize it with this optimizer's init."
+            )
+        if i == 0 or (jax.tree_util.tree_structure(value)
+                      != jax.tree_util.tree_structure(getattr(state, moments[0]))):
+            check_same_structure(f"{owner}.update", "grads", grads, "the optimizer state", value)
 
 
 # --------------------------------------------------------------------------- apply and chain

@@ -96,20 +96,37 @@ def _columns(coef, n):
     return (coef[..., i] for i in range(n))
 
 
+def divide_or_zero(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator, and 0 where the denominator is 0.
+
+    With ε = 0 a coordinate whose gradient was always 0 gives 0/0; its update is
+    defined as the limit, 0 (not NaN). One select (x / ∞ = 0), so it costs no
+    extra pass, and derivatives stay finite. A NaN denominator stays NaN.
+    """
+    return numerator / jnp.where(denominator == 0, jnp.inf, denominator)
+
+
+def rsqrt_or_zero(x: jax.Array) -> jax.Array:
+    """1/√x, and 0 where x is 0 (see :func:`divide_or_zero`)."""
+    return jax.lax.rsqrt(jnp.where(x == 0, jnp.inf, x))
+
+
 def adam_reference(coef, g, p, m, v):
-    """The Adam kernel's formula in jnp: (p_new, m_new, v_new)."""
+    """The Adam kernel's formula in jnp: (p_new, m_new, v_new); no step where the
+    denominator is 0 (ε = 0 and zero gradients)."""
     b1, k1, b2, k2, step, inv_sqrt_c2, eps, decay = _columns(coef, 8)
     m = b1 * m + k1 * g
     v = b2 * v + k2 * g * g
-    return p - step * m / (jnp.sqrt(v) * inv_sqrt_c2 + eps) - decay * p, m, v
+    return p - step * divide_or_zero(m, jnp.sqrt(v) * inv_sqrt_c2 + eps) - decay * p, m, v
 
 
 def scaled_reference(coef, g, p, s):
-    """The AdaGrad/RMSProp kernel's formula in jnp: (p_new, s_new)."""
+    """The AdaGrad/RMSProp kernel's formula in jnp: (p_new, s_new); no step where the
+    denominator is 0."""
     keep, add, lr, eps, eps_in_sqrt = _columns(coef, 5)
     s = keep * s + add * g * g
     denominator = jnp.where(eps_in_sqrt != 0, jnp.sqrt(s + eps), jnp.sqrt(s) + eps)
-    return p - lr * g / denominator, s
+    return p - lr * divide_or_zero(g, denominator), s
 
 
 def momentum_reference(coef, g, p, u):

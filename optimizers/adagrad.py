@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from . import _fused
 from ._base import Optimizer, from_rule
+from ._fused import divide_or_zero, rsqrt_or_zero
 
 
 class AdagradState(NamedTuple):
@@ -16,6 +17,7 @@ class AdagradState(NamedTuple):
     sum_of_squares: Any
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def adagrad(
@@ -34,10 +36,11 @@ def adagrad(
 
     Args:
       learning_rate: η ≥ 0, a number or a schedule.
-      eps: ε ≥ 0.
+      eps: ε ≥ 0; with ε = 0, a coordinate whose gradients were all 0 gets update 0
+        (the limit; 0/0 is defined so, not NaN).
       initial_accumulator: h₀ ≥ 0, the starting value of every h.
       eps_in_sqrt: put ε inside the square root.
-      moment_dtype: dtype of h (default: the param dtype).
+      moment_dtype: dtype of h (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.adagrad(0.1)
@@ -49,9 +52,9 @@ def adagrad(
         def leaf(g, p, sum_of_squares):
             sum_of_squares = sum_of_squares + g * g
             if eps_in_sqrt:
-                scaled = g * jax.lax.rsqrt(sum_of_squares + eps)
+                scaled = g * rsqrt_or_zero(sum_of_squares + eps)
             else:
-                scaled = g / (jnp.sqrt(sum_of_squares) + eps)
+                scaled = divide_or_zero(g, jnp.sqrt(sum_of_squares) + eps)
             return -learning_rate * scaled, (sum_of_squares,)
         return leaf
 

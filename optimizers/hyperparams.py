@@ -5,17 +5,84 @@ hyperparameters as scalar arrays in ``state.hyperparams`` (settable) and, for
 those that follow a schedule, the value used by the last step in
 ``state.scheduled`` (read-only: the schedule recomputes it every step). Chains
 and wrappers hold such states inside them; these functions find them.
+
+Which value a step uses when the optimizer passed to ``update`` and the state
+disagree (:func:`used_values`): **the optimizer's own value, unless the state's
+value was chosen with** :func:`set_hyperparams` (recorded per name in
+``state.overridden``, a bool array, so it works under ``jit`` and ``vmap``).
+Re-running a notebook cell with ``adam(0.5)`` on a state made by
+``adam(1e-3)``, or restoring an old checkpoint into a new optimizer, steps at
+0.5; a state whose rates were set per model with ``set_hyperparams`` (a vmapped
+batch for a hyperparameter search) keeps its rates. The value used is written
+back, so :func:`hyperparams` reports it. A state from a different optimizer
+(other hyperparameter names, or a schedule on one side and a number on the
+other) is an error naming both.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from . import _validate
 
 Link = int | tuple[int, ...] | None
+
+
+def _describe(fixed: Any, scheduled: Any) -> str:
+    text = ", ".join(sorted(fixed)) or "none"
+    return text + (f" (scheduled: {', '.join(sorted(scheduled))})" if scheduled else "")
+
+
+def check_state_matches(owner: str, state: Any, fixed: dict, schedules: dict) -> None:
+    """Raises ValueError unless ``state`` holds the hyperparameters of the optimizer stepping it
+    (the same names, each fixed or scheduled on both sides). Static: works under jit."""
+    state_fixed, state_scheduled = set(state.hyperparams), set(state.scheduled)
+    if state_fixed == set(fixed) and state_scheduled == set(schedules):
+        return
+    fix = ("Step the state with the optimizer whose init made it, or make a new state with "
+           "this optimizer's init (state = tx.init(params)).")
+    if state_fixed | state_scheduled == set(fixed) | set(schedules):
+        name = sorted(state_fixed ^ set(fixed))[0]
+        if name in schedules:
+            what = "follows a schedule in this optimizer but is a fixed number in the state"
+        else:
+            what = "is a fixed number in this optimizer but follows a schedule in the state"
+        raise ValueError(f"{owner}.update: {name} {what}, which was made by an optimizer built "
+                         f"differently. {fix}")
+    raise ValueError(
+        f"{owner}.update: the state was made by a different optimizer: it holds the "
+        f"hyperparameters {_describe(state_fixed, state_scheduled)}, but {owner}(...) has "
+        f"{_describe(fixed, schedules)}. {fix}"
+    )
+
+
+def used_values(stored: dict, overridden: dict, own: dict, last_scheduled: dict,
+                scheduled: dict) -> tuple[dict, dict, dict]:
+    """The hyperparameters a step uses, and what the state stores afterwards.
+
+    A fixed value is the optimizer's own (``own``, the constructor's argument)
+    unless ``overridden`` says the state's value was chosen with
+    :func:`set_hyperparams`; a scheduled value is the schedule's. A value out of
+    its range (possible only when it was not concrete where it was given: traced,
+    or a schedule's value) is replaced by NaN in the values used, so that the
+    step is visibly NaN and not an ascent.
+
+    Returns:
+      (values for the rule, fixed values to store, scheduled values to store).
+    """
+    return _used_values(stored, overridden, own, last_scheduled, scheduled)
+
+
+@jax.jit
+def _used_values(stored, overridden, own, last_scheduled, scheduled):
+    fixed = {k: jnp.where(overridden[k], v, jnp.asarray(own[k]).astype(v.dtype))
+             for k, v in stored.items()}
+    scheduled = {k: jnp.asarray(v).astype(last_scheduled[k].dtype) for k, v in scheduled.items()}
+    values = {k: _validate.nan_outside_range(k, v) for k, v in {**fixed, **scheduled}.items()}
+    return values, fixed, scheduled
 
 
 def _is_owner(state: Any) -> bool:
@@ -114,9 +181,14 @@ def hyperparams(state: Any, link: Link = None) -> Hyperparams:
 def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
     """Returns ``state`` with hyperparameters replaced; the compiled step is reused.
 
-    The new values keep the stored dtype (float32 at least, float64 for float64
-    params). Concrete values are range-checked like the constructor's
-    arguments; traced values (inside ``jit``/``vmap``) are accepted as they are.
+    A value set here wins over the value of the optimizer that later steps the
+    state (``adam(1e-3).update`` on a state set to ``learning_rate=0.1`` steps at
+    0.1); values not set here are the stepping optimizer's own (see the module
+    docstring). The new values keep the stored dtype (float32 at least, float64
+    for float64 params). Concrete values (also a batch of them, one per vmapped
+    state) are range-checked like the constructor's arguments; traced values
+    (inside ``jit``/``vmap``) are accepted, and one out of range makes the step
+    NaN.
 
     Args:
       state: an optimizer state (also a chain's or a wrapper's).
@@ -152,13 +224,23 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
                 f"{', '.join(known)}. (Options fixed at construction, such as nesterov or a zero "
                 "rmsprop momentum, are not data.)"
             )
+        if name in _validate.INIT_ONLY:
+            moment = _validate.INIT_ONLY[name]
+            raise ValueError(
+                f"set_hyperparams: {name} is used only by init (it fills {moment}), so setting "
+                f"it in a state would change nothing. Build the optimizer with it, or set the "
+                f"moment itself: state._replace({moment}=jax.tree.map(lambda h: jnp.full_like("
+                f"h, value), state.{moment}))."
+            )
         if len(holders) > 1:
             raise ValueError(
                 f"set_hyperparams: {name} is a hyperparameter of several links "
                 f"({', '.join(map(str, holders))}); pass link=… to say which."
             )
-        if jnp.ndim(value) == 0:  # a batch of values (one per vmapped state) is checked by shape
+        if _validate.is_schedule(value) or jnp.ndim(value) == 0:
             _validate.check("set_hyperparams", name, value, allow_schedule=False)
+        else:  # a batch of values, one per vmapped state; its shape is checked below
+            _validate.check_batch("set_hyperparams", name, value)
         replacements.setdefault(holders[0], {})[name] = value
 
     def rebuild(node: Any, path: tuple) -> Any:
@@ -166,17 +248,20 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
         if _is_owner(node):
             if path not in replacements:
                 return node
-            new = dict(node.hyperparams)
+            new, overridden = dict(node.hyperparams), dict(node.overridden)
             for name, value in replacements[path].items():
                 old = node.hyperparams[name]
                 value = jnp.asarray(value, old.dtype)
                 new[name] = jnp.broadcast_to(value, old.shape) if value.ndim == 0 else value
                 if new[name].shape != old.shape:
                     raise ValueError(
-                        f"set_hyperparams: {name} has shape {old.shape} in this state; got a "
-                        f"value of shape {value.shape}."
+                        f"set_hyperparams: {name} has shape {old.shape} in this state (one "
+                        f"value per model of a vmapped batch, or a scalar); got a value of "
+                        f"shape {value.shape}."
                     )
-            return node._replace(hyperparams=new)
+                # the user's choice: it now wins over the optimizer's own value in update
+                overridden[name] = jnp.ones(old.shape, bool)
+            return node._replace(hyperparams=new, overridden=overridden)
         if field is not None:
             return node._replace(**{field: rebuild(getattr(node, field), path)})
         if type(node) is tuple:

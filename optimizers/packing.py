@@ -176,16 +176,19 @@ def unpack(packed: Packed) -> Any:
 
 
 def resolve_packed_mask(owner: str, mask: Any, packed: Packed) -> Packed:
-    """Turns a mask over the unpacked tree into a Packed of one bool per buffer."""
-    shapes = packed.layout.shapes()
-    resolved = mask(shapes) if callable(mask) else mask
-    if jax.tree_util.tree_structure(resolved) != packed.layout.treedef:
-        from ._base import structure_error
+    """Turns a mask over the unpacked tree into a Packed of one bool per buffer.
 
-        raise structure_error(owner, "mask", resolved, "the unpacked params", shapes)
+    The mask follows the usual rules (:mod:`optimizers._mask`): a pytree of bools
+    or a function of the params (here called with the unpacked tree of
+    ``jax.ShapeDtypeStruct``), read as a prefix of the unpacked params tree.
+    """
+    from ._mask import leaf_values  # _mask imports this module
+
+    shapes = packed.layout.shapes()
+    values = leaf_values(owner, mask, shapes, tree_name="the unpacked params")
     per_buffer: dict[str, set] = {}
-    for slot, value in zip(packed.layout.slots, jax.tree_util.tree_leaves(resolved)):
-        per_buffer.setdefault(slot.group, set()).add(bool(value))
+    for slot, value in zip(packed.layout.slots, values):
+        per_buffer.setdefault(slot.group, set()).add(value)
     mixed = [name for name, values in per_buffer.items() if len(values) > 1]
     if mixed:
         raise ValueError(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from . import _fused, _validate
 from ._base import Optimizer, from_rule
+from ._fused import divide_or_zero, rsqrt_or_zero
 
 
 class RmspropState(NamedTuple):
@@ -18,6 +19,7 @@ class RmspropState(NamedTuple):
     trace: Any  # momentum > 0 only, else ()
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def rmsprop(
@@ -40,11 +42,12 @@ def rmsprop(
     Args:
       learning_rate: η ≥ 0, a number or a schedule.
       decay: ρ in [0, 1).
-      eps: ε ≥ 0.
+      eps: ε ≥ 0; where the denominator d is 0 (ε = 0 and zero gradients, or a zero
+        centered variance) the update is 0, not 0/0.
       centered: normalize by the variance estimate s − a² instead of s.
       momentum: μ in [0, 1).
       eps_in_sqrt: put ε inside the square root.
-      moment_dtype: dtype of s, a and b (default: the param dtype).
+      moment_dtype: dtype of s, a and b (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.rmsprop(1e-3, decay=0.9, centered=True)
@@ -75,9 +78,9 @@ def rmsprop(
                 variance = jnp.maximum(mean_square - mean_grad * mean_grad, 0)
                 new.append(mean_grad)
             if eps_in_sqrt:
-                scaled = g * jax.lax.rsqrt(variance + eps)
+                scaled = g * rsqrt_or_zero(variance + eps)
             else:
-                scaled = g / (jnp.sqrt(variance) + eps)
+                scaled = divide_or_zero(g, jnp.sqrt(variance) + eps)
             if use_momentum:
                 scaled = momentum * rest.pop(0) + scaled
                 new.append(scaled)

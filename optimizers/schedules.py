@@ -3,6 +3,14 @@
 A schedule goes wherever a number goes in an optimizer (``adam(cosine_decay(1e-3, 1000))``)
 and can be plotted by evaluating it on ``jnp.arange(n)``. Schedules combine with
 ``join`` and with arithmetic: ``0.5 * cosine_decay(…) + 1e-5`` is a schedule too.
+
+Checks: the constructors check their arguments (finite numbers, positive
+lengths, increasing boundaries). An optimizer given a schedule checks its
+values where they can be extreme (:attr:`Schedule.probe`: step 0, the end of a
+decay, the boundaries; only step 0 for a plain function) against the
+hyperparameter's range; a value out of range at any other step (or under
+``jit``, where nothing can be checked) makes that step's update NaN. Steps
+count from 0: a concrete negative step is an error, a traced one gives NaN.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+INT32_MAX = int(np.iinfo(np.int32).max)  # step counts saturate here (optimizers' count)
 
 
 def _float(step: Any) -> jax.Array:
@@ -28,12 +39,32 @@ class Schedule:
         >>> lr(jnp.arange(1000))   # values to plot
     """
 
-    def __init__(self, fn: Callable[[jax.Array], jax.Array], description: str):
+    def __init__(self, fn: Callable[[jax.Array], jax.Array], description: str,
+                 probe: Sequence[int] = (0,)):
         self._fn = fn
         self._description = description
+        #: steps at which the schedule takes its extreme values (checked by optimizers)
+        self.probe = tuple(sorted({min(int(s), INT32_MAX) for s in probe}))
 
     def __call__(self, step: Any) -> jax.Array:
-        return self._fn(jnp.asarray(step))
+        """The value at ``step`` (≥ 0).
+
+        A negative Python or NumPy step is an error; a negative step given as a
+        JAX array (traced, or concrete: not copied to the host to be checked)
+        gives NaN.
+        """
+        if not isinstance(step, jax.Array):
+            array = np.asarray(step)
+            if array.dtype.kind not in "iuf":
+                raise TypeError(f"schedule: step must be a number (or array of numbers); got "
+                                f"{type(step).__name__} {step!r}.")
+            if array.size and not np.all(array >= 0):
+                raise ValueError(f"schedule {self!r}: steps count from 0; got step "
+                                 f"{array[~(array >= 0)].ravel()[0].item()!r}.")
+            return self._fn(jnp.asarray(step))
+        step = jnp.asarray(step)
+        value = jnp.asarray(self._fn(step))
+        return jnp.where(step >= 0, value, jnp.nan)
 
     def __repr__(self) -> str:
         return self._description
@@ -42,12 +73,14 @@ class Schedule:
         if callable(other):
             other_fn, other_text = other, repr(other)
         else:
+            _number("schedule arithmetic", "the number", other)
             other_fn, other_text = (lambda step, v=other: v), repr(other)
         def fn(step):
             a, b = self(step), other_fn(step)
             return op(b, a) if reverse else op(a, b)
         left, right = (other_text, repr(self)) if reverse else (repr(self), other_text)
-        return Schedule(fn, f"({left} {symbol} {right})")
+        return Schedule(fn, f"({left} {symbol} {right})",
+                        self.probe + getattr(other, "probe", (0,)))
 
     def __add__(self, other):
         return self._combine(other, jnp.add, "+")
@@ -73,23 +106,30 @@ class Schedule:
 
 def _number(owner: str, name: str, value: Any, *, low: float = -math.inf,
             low_open: bool = False) -> None:
-    """Checks a concrete scalar argument against a lower bound; tracers pass."""
+    """Checks a concrete finite real scalar against a lower bound; tracers pass."""
     if isinstance(value, jax.core.Tracer):
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and jnp.ndim(value) != 0:
-        raise TypeError(f"{owner}: {name} must be a real scalar; got {value!r}.")
-    number = float(value)
+    array = None if isinstance(value, (bool, str, bytes)) or value is None else np.asarray(
+        value) if isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)) else None
+    if array is None or array.dtype.kind not in "iuf" or array.ndim != 0:
+        raise TypeError(f"{owner}: {name} must be a real scalar; got {type(value).__name__} "
+                        f"{value!r}.")
+    number = float(array)
     ok = number > low if low_open else number >= low
-    if not ok or math.isnan(number):
+    if not (ok and math.isfinite(number)):
         bracket = "(" if low_open else "["
-        raise ValueError(f"{owner}: {name} must be in {bracket}{low:g}, inf); got {number!r}.")
+        raise ValueError(f"{owner}: {name} must be a finite number in {bracket}{low:g}, inf); "
+                         f"got {number!r}.")
 
 
-def _positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be a Python int >= 1; got {value!r}.")
+def _positive_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as a Python int ≥ 1 (a Python or NumPy integer), else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner}: {name} must be an int >= 1; got {type(value).__name__} "
+                        f"{value!r}.")
     if value < 1:
         raise ValueError(f"{owner}: {name} must be an int in [1, inf); got {value}.")
+    return int(value)
 
 
 def constant(value: Any) -> Schedule:
@@ -110,9 +150,9 @@ def step_decay(init: Any, every: int, factor: Any) -> Schedule:
         >>> step_decay(0.1, every=30, factor=0.5)(60)   # 0.025
     """
     _number("step_decay", "init", init, low=0.0)
-    _positive_int("step_decay", "every", every)
+    length = float(_positive_int("step_decay", "every", every))
     _number("step_decay", "factor", factor, low=0.0)
-    return Schedule(lambda step: init * factor ** jnp.floor_divide(_float(step), every),
+    return Schedule(lambda step: init * factor ** jnp.floor_divide(_float(step), length),
                     f"step_decay({init!r}, every={every!r}, factor={factor!r})")
 
 
@@ -136,7 +176,7 @@ def inverse_time(init: Any, tau: Any) -> Schedule:
     """
     _number("inverse_time", "init", init, low=0.0)
     _number("inverse_time", "tau", tau, low=0.0, low_open=True)
-    return Schedule(lambda step: init * tau / jnp.maximum(_float(step), tau),
+    return Schedule(lambda step: init * tau / jnp.maximum(_float(step), float(tau)),
                     f"inverse_time({init!r}, tau={tau!r})")
 
 
@@ -149,14 +189,15 @@ def cosine_decay(init: Any, decay_steps: int, end: Any = 0.0) -> Schedule:
         >>> cosine_decay(0.1, decay_steps=1000)(500)   # 0.05
     """
     _number("cosine_decay", "init", init, low=0.0)
-    _positive_int("cosine_decay", "decay_steps", decay_steps)
+    length = float(_positive_int("cosine_decay", "decay_steps", decay_steps))  # any size
     _number("cosine_decay", "end", end, low=0.0)
 
     def fn(step):
-        progress = jnp.minimum(_float(step), decay_steps) / decay_steps
+        progress = jnp.minimum(_float(step), length) / length
         return end + (init - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
 
-    return Schedule(fn, f"cosine_decay({init!r}, decay_steps={decay_steps!r}, end={end!r})")
+    return Schedule(fn, f"cosine_decay({init!r}, decay_steps={decay_steps!r}, end={end!r})",
+                    probe=(0, decay_steps))
 
 
 def linear(init: Any, end: Any, steps: int) -> Schedule:
@@ -169,14 +210,22 @@ def linear(init: Any, end: Any, steps: int) -> Schedule:
     """
     _number("linear", "init", init)
     _number("linear", "end", end)
-    _positive_int("linear", "steps", steps)
-    return Schedule(lambda step: init + (end - init) * jnp.minimum(_float(step), steps) / steps,
-                    f"linear({init!r}, {end!r}, steps={steps!r})")
+    length = float(_positive_int("linear", "steps", steps))
+
+    def fn(step):
+        # the fraction first: exactly 1 at the end, so the value is exactly ``end`` there
+        # (a rate decayed to 0 is 0, never −1e-19)
+        return init + (end - init) * (jnp.minimum(_float(step), length) / length)
+
+    return Schedule(fn, f"linear({init!r}, {end!r}, steps={steps!r})", probe=(0, steps))
 
 
 def _check_boundaries(owner: str, boundaries: Sequence[int], pieces: int, what: str) -> None:
-    if any(isinstance(b, bool) or not isinstance(b, int) for b in boundaries):
-        raise TypeError(f"{owner}: boundaries must be Python ints; got {list(boundaries)!r}.")
+    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Sequence | np.ndarray):
+        raise TypeError(f"{owner}: boundaries must be a sequence of ints; got {boundaries!r}.")
+    if any(isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer))
+           for b in boundaries):
+        raise TypeError(f"{owner}: boundaries must be ints; got {list(boundaries)!r}.")
     if len(boundaries) != pieces - 1:
         raise ValueError(
             f"{owner}: {pieces} {what} need {pieces - 1} boundaries; got {len(boundaries)}."
@@ -194,11 +243,23 @@ def piecewise_constant(values: Sequence[Any], boundaries: Sequence[int]) -> Sche
     Example:
         >>> piecewise_constant([0.1, 0.01, 0.001], boundaries=[100, 200])(150)   # 0.01
     """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray) or (
+            len(values) == 0):
+        raise TypeError(f"piecewise_constant: values must be a non-empty sequence of numbers; "
+                        f"got {values!r}.")
+    for i, value in enumerate(values):
+        _number("piecewise_constant", f"values[{i}]", value)
     _check_boundaries("piecewise_constant", boundaries, len(values), "values")
-    table = jnp.asarray(values, jnp.result_type(float))
-    edges = jnp.asarray(boundaries, jnp.int32)
+    table = jnp.asarray(np.asarray(values, np.float64), jnp.result_type(float))
+    edges = _edges(boundaries)
     return Schedule(lambda step: table[jnp.searchsorted(edges, step, side="right")],
-                    f"piecewise_constant({list(values)!r}, boundaries={list(boundaries)!r})")
+                    f"piecewise_constant({list(values)!r}, boundaries={list(boundaries)!r})",
+                    probe=(0, *boundaries))
+
+
+def _edges(boundaries: Sequence[int]) -> jax.Array:
+    """Boundaries as int32, those past the largest int32 step clipped to it (never reached)."""
+    return jnp.asarray(np.minimum(np.asarray(boundaries, np.int64), INT32_MAX), jnp.int32)
 
 
 def join(schedules: Sequence[Callable], boundaries: Sequence[int]) -> Schedule:
@@ -214,16 +275,22 @@ def join(schedules: Sequence[Callable], boundaries: Sequence[int]) -> Schedule:
     if not schedules or not all(callable(s) for s in schedules):
         raise TypeError("join: schedules must be a non-empty sequence of functions step -> value.")
     _check_boundaries("join", boundaries, len(schedules), "schedules")
-    starts = [0, *boundaries]
+    edges = _edges(boundaries)
+    starts = [0, *(min(int(b), INT32_MAX) for b in boundaries)]
 
     def fn(step):
-        index = jnp.searchsorted(jnp.asarray(boundaries, jnp.int32), step, side="right")
-        pieces = [jnp.asarray(s(step - start)) for s, start in zip(schedules, starts)]
+        index = jnp.searchsorted(edges, step, side="right")
+        # every piece is evaluated, each at its local step clamped to ≥ 0 (a piece not yet
+        # reached is not asked for a negative step; its value is not selected anyway)
+        pieces = [jnp.asarray(s(jnp.maximum(step - start, 0))) for s, start in zip(schedules,
+                                                                                   starts)]
         dtype = jnp.result_type(*pieces)
         return jnp.select([index == i for i in range(len(pieces))],
                           [p.astype(dtype) for p in pieces])
 
-    return Schedule(fn, f"join({list(schedules)!r}, boundaries={list(boundaries)!r})")
+    probe = [start + local for s, start in zip(schedules, starts)
+             for local in getattr(s, "probe", (0,))]
+    return Schedule(fn, f"join({list(schedules)!r}, boundaries={list(boundaries)!r})", probe)
 
 
 def warmup(schedule: Any, steps: int, start: Any = 0.0) -> Schedule:
@@ -235,10 +302,11 @@ def warmup(schedule: Any, steps: int, start: Any = 0.0) -> Schedule:
     Example:
         >>> lr = warmup(cosine_decay(1e-3, 10_000), steps=500)
     """
-    _positive_int("warmup", "steps", steps)
+    length = float(_positive_int("warmup", "steps", steps))
     _number("warmup", "start", start)
     target = schedule if callable(schedule) else constant(schedule)
-    ramp = Schedule(lambda step: start + (target(0) - start) * _float(step) / steps,
+    ramp = Schedule(lambda step: start + (target(0) - start) * (_float(step) / length),
                     f"linear({start!r}, …, steps={steps})")
-    return Schedule(join([ramp, target], [steps]),
-                    f"warmup({target!r}, steps={steps!r}, start={start!r})")
+    joined = join([ramp, target], [steps])
+    return Schedule(joined, f"warmup({target!r}, steps={steps!r}, start={start!r})",
+                    joined.probe)

@@ -14,6 +14,7 @@ class SgdState(NamedTuple):
     count: jax.Array
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 class MomentumState(NamedTuple):
@@ -21,6 +22,7 @@ class MomentumState(NamedTuple):
     velocity: Any
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def sgd(learning_rate: Any = 0.01) -> Optimizer:
@@ -58,7 +60,7 @@ def momentum(
       learning_rate: η ≥ 0, a number or a schedule.
       momentum: μ in [0, 1), a number or a schedule.
       nesterov: use Nesterov's look-ahead form.
-      moment_dtype: dtype of v (default: the param dtype).
+      moment_dtype: dtype of v (default: the param dtype, at least float32).
 
     Example:
         >>> tx = optimizers.momentum(0.01, momentum=0.9, nesterov=True)

@@ -14,6 +14,7 @@ class TransformState(NamedTuple):
     count: jax.Array
     hyperparams: dict
     scheduled: dict
+    overridden: dict  # name -> bool: set with set_hyperparams (then it wins in update)
 
 
 def global_norm(tree: Any) -> jax.Array:

@@ -6,7 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import _mask
 from ._base import (
     Optimizer,
     check_optimizer,
@@ -15,6 +17,7 @@ from ._base import (
     mask_leaves,
     safe_increment,
 )
+from .hyperparams import _owners
 
 
 class MaskedState(NamedTuple):
@@ -38,39 +41,68 @@ class AccumulateState(NamedTuple):
     mini_step: jax.Array  # gradients summed since the last inner update
 
 
-def _select(tree: Any, keep: list[bool]) -> Any:
-    """The tree with the leaves where ``keep`` is False replaced by None (an empty subtree)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return jax.tree_util.tree_unflatten(treedef, [x if k else None for x, k in zip(leaves, keep)])
+def _check_state(owner: str, state: Any, state_type: type) -> None:
+    if not isinstance(state, state_type):
+        raise TypeError(f"{owner}.update: state must be the {state_type.__name__} returned by "
+                        f"{owner}(...).init(params); got {type(state).__name__}.")
+
+
+def _applies_learning_rate(state: Any) -> bool:
+    """Whether a wrapped state belongs to an optimizer that applies −η itself: some state in
+    it holds a ``learning_rate`` (a gradient transform such as clipping or decay has none)."""
+    return any("learning_rate" in {**owner.hyperparams, **owner.scheduled}
+               for _, owner in _owners(state))
 
 
 def masked(tx: Optimizer, mask: Any) -> Optimizer:
-    """Applies ``tx`` only to the leaves where ``mask`` is True; other gradients pass unchanged.
+    """Applies ``tx`` only to the leaves where ``mask`` is True.
 
-    Update: u = tx(g) where mask, u = g elsewhere. ``tx`` keeps state only for
-    the selected leaves.
+    Update, where the mask is True: u = tx(g). Where it is False:
+
+    * u = g (passed through) when ``tx`` is a gradient transform, one with no
+      learning rate (clipping, ``add_decayed_weights``): a chain's later
+      optimizer then steps those leaves as usual (optax's ``masked`` does the same);
+    * u = 0 (the leaf is frozen) when ``tx`` is an optimizer that applies −η
+      itself, i.e. its state holds a ``learning_rate`` (``adam``, ``sgd``, a chain
+      ending in one): passing g through would make ``apply_updates`` do p + g, a
+      step *up* the gradient with rate 1.
+
+    ``tx`` keeps state only for the selected leaves; it sees the user's tree with
+    an empty :class:`MaskedNode` in place of the others (``None`` leaves stay
+    ``None``), so a mask written for the user's params also fits a ``masked``
+    nested inside another. A mask is a pytree of bools, or a function
+    ``params -> pytree of bools``, read as a prefix of the params tree (one bool
+    may stand for a whole subtree). An object whose leaves are all bools is a
+    tree even if it is callable (e.g. an Equinox module of bools).
 
     Args:
-      tx: the optimizer to apply.
+      tx: the transform or optimizer to apply.
       mask: pytree of bools, or a function ``params -> pytree of bools``.
 
     Example:
         >>> is_weight = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
         >>> decay = optimizers.masked(optimizers.add_decayed_weights(1e-4), is_weight)
         >>> tx = optimizers.chain(decay, optimizers.sgd(0.1))
+        >>> frozen_biases = optimizers.masked(optimizers.adam(1e-3), is_weight)  # u = 0 on biases
     """
     check_optimizer("masked", "tx", tx)
 
     def init(params):
-        return MaskedState(tx.init(_select(params, mask_leaves("masked", mask, params))))
+        return MaskedState(tx.init(_mask.select(params, mask_leaves("masked", mask, params))))
 
     def update(grads, state, params=None, **extra):
+        _check_state("masked", state, MaskedState)
+        if params is not None:
+            check_same_structure("masked.update", "grads", grads, "params", params)
         keep = mask_leaves("masked", mask, params if params is not None else grads)
-        inner_params = None if params is None else _select(params, keep)
-        inner_updates, inner = tx.update(_select(grads, keep), state.inner, inner_params, **extra)
+        inner_params = None if params is None else _mask.select(params, keep)
+        inner_updates, inner = tx.update(_mask.select(grads, keep), state.inner, inner_params,
+                                         **extra)
+        chosen = iter(jax.tree_util.tree_leaves(inner_updates))
+        freeze = _applies_learning_rate(state.inner)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
-        chosen = jax.tree_util.tree_flatten(inner_updates, is_leaf=lambda x: x is None)[0]
-        merged = [u if k else g for g, u, k in zip(leaves, chosen, keep)]
+        merged = [next(chosen) if k else jnp.zeros_like(g) if freeze else g
+                  for g, k in zip(leaves, keep)]
         return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
 
     return Optimizer(init, update)
@@ -105,6 +137,7 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
         return SkipNonfiniteState(tx.init(params), jnp.zeros((), jnp.int32), jnp.array(True))
 
     def update(grads, state, params=None, **extra):
+        _check_state("skip_nonfinite", state, SkipNonfiniteState)
         finite = _all_finite(grads)
 
         def apply(_):
@@ -140,8 +173,8 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
     check_optimizer("accumulate", "tx", tx)
     if isinstance(every, bool) or not isinstance(every, int):
         raise TypeError(f"accumulate: every must be a Python int >= 1; got {every!r}.")
-    if every < 1:
-        raise ValueError(f"accumulate: every must be an int in [1, inf); got {every}.")
+    if not 1 <= every <= np.iinfo(np.int32).max:  # the call counter is an int32
+        raise ValueError(f"accumulate: every must be an int in [1, 2**31 - 1]; got {every}.")
 
     def init(params):
         grad_sum = jax.tree_util.tree_map(
@@ -149,6 +182,7 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         return AccumulateState(tx.init(params), grad_sum, jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, **extra):
+        _check_state("accumulate", state, AccumulateState)
         check_same_structure("accumulate.update", "grads", grads, "the optimizer state",
                              state.grad_sum)
         grad_sum = jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
@@ -179,7 +213,9 @@ def switch(*transforms: Optimizer) -> Optimizer:
     training program serves every optimizer (change it with
     ``state._replace(index=jnp.int32(i))``), and ``jax.vmap`` over states with
     different indices trains models with different optimizers at once. On one
-    device only the chosen branch runs (``lax.switch``).
+    device only the chosen branch runs (``lax.switch``). An index that names no
+    optimizer is an error when it is concrete; a traced one gives NaN updates
+    (and keeps every state), never some other optimizer's step.
 
     Example:
         >>> tx = optimizers.switch(optimizers.sgd(0.1), optimizers.adam(1e-3))
@@ -197,6 +233,7 @@ def switch(*transforms: Optimizer) -> Optimizer:
         if not isinstance(state, SwitchState) or len(state.states) != len(transforms):
             raise TypeError(f"switch.update: state must be the SwitchState of {len(transforms)} "
                             "optimizers returned by switch(...).init(params).")
+        index = _check_index(state.index, len(transforms))
 
         def branch(i):
             def run(states):
@@ -204,9 +241,34 @@ def switch(*transforms: Optimizer) -> Optimizer:
                 return updates, states[:i] + (new,) + states[i + 1:]
             return run
 
-        updates, states = jax.lax.switch(jnp.clip(state.index, 0, len(transforms) - 1),
-                                         [branch(i) for i in range(len(transforms))],
-                                         state.states)
+        shapes = jax.eval_shape(branch(0), state.states)[0]
+
+        def out_of_range(states):  # a traced index not naming an optimizer: NaN, not a guess
+            return jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                                          shapes), states
+
+        valid = (index >= 0) & (index < len(transforms))
+        updates, states = jax.lax.switch(jnp.where(valid, index, len(transforms)),
+                                         [branch(i) for i in range(len(transforms))]
+                                         + [out_of_range], state.states)
         return updates, SwitchState(state.index, states)
 
     return Optimizer(init, update)
+
+
+def _check_index(index: Any, count: int) -> jax.Array:
+    """A switch's index as an int32 array; a concrete one must name one of ``count`` optimizers."""
+    if not jnp.issubdtype(jnp.result_type(index), jnp.integer) or jnp.ndim(index) != 0:
+        raise TypeError(
+            f"switch.update: state.index must be an integer scalar; got "
+            f"{jnp.result_type(index)} of shape {jnp.shape(index)}. Set it with "
+            "state._replace(index=jnp.int32(i))."
+        )
+    if not isinstance(index, jax.core.Tracer):
+        value = int(np.asarray(index))
+        if not 0 <= value < count:
+            raise ValueError(
+                f"switch.update: state.index must be in [0, {count}) (one per optimizer given "
+                f"to switch); got {value}."
+            )
+    return jnp.asarray(index, jnp.int32)

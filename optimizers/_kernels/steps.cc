@@ -16,6 +16,8 @@
 // FnnScaledF32 (g, p, s, coef) -> (p, s), AdaGrad and RMSProp,
 //   coef = [keep, add, lr, eps, eps_in_sqrt]:
 //   s ← keep · s + add · g²;  p ← p − lr · g / (√s + eps)   (eps_in_sqrt: / √(s + eps)).
+// Where a denominator is 0 (eps = 0 and a gradient that was always 0) the quotient is
+// 0, the limit, not 0/0 = NaN: the denominator is replaced by +inf (one select).
 // FnnMomentumF32 (g, p, u, coef) -> (p, u), coef = [momentum, lr, nesterov]:
 //   u ← momentum · u + g;  p ← p − lr · u   (nesterov: p ← p − lr · (g + momentum · u)).
 
@@ -42,6 +44,9 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 // element is touched, so the restrict promise holds element by element.
 #define R __restrict__
 
+// x, or +inf where x is 0, so that a / NonZero(x) is 0 there (see _fused.divide_or_zero).
+inline float NonZero(float x) { return x == 0.0f ? INFINITY : x; }
+
 void AdamRange(const float* R g, const float* R p, const float* R m, const float* R v,
                float* R p_out, float* R m_out, float* R v_out, int64_t n, const float* c) {
   const float b1 = c[0], k1 = c[1], b2 = c[2], k2 = c[3];
@@ -52,7 +57,7 @@ void AdamRange(const float* R g, const float* R p, const float* R m, const float
     const float vi = b2 * v[i] + k2 * gi * gi;
     m_out[i] = mi;
     v_out[i] = vi;
-    p_out[i] = pi - step * mi / (std::sqrt(vi) * inv_sqrt_c2 + eps) - decay * pi;
+    p_out[i] = pi - step * (mi / NonZero(std::sqrt(vi) * inv_sqrt_c2 + eps)) - decay * pi;
   }
 }
 
@@ -63,13 +68,13 @@ void ScaledRange(const float* R g, const float* R p, const float* R s, float* R 
     for (int64_t i = 0; i < n; ++i) {
       const float gi = g[i], si = keep * s[i] + add * gi * gi;
       s_out[i] = si;
-      p_out[i] = p[i] - lr * gi / std::sqrt(si + eps);
+      p_out[i] = p[i] - lr * (gi / NonZero(std::sqrt(si + eps)));
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
       const float gi = g[i], si = keep * s[i] + add * gi * gi;
       s_out[i] = si;
-      p_out[i] = p[i] - lr * gi / (std::sqrt(si) + eps);
+      p_out[i] = p[i] - lr * (gi / NonZero(std::sqrt(si) + eps));
     }
   }
 }

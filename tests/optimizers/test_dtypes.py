@@ -60,8 +60,10 @@ def test_moment_dtype():
     params = {"w": jnp.ones((2, 2), jnp.bfloat16)}
     state = opt.adam(moment_dtype=jnp.float32).init(params)
     assert state.mu["w"].dtype == jnp.float32 and state.nu["w"].dtype == jnp.float32
-    default = opt.adam().init(params)
-    assert default.mu["w"].dtype == jnp.bfloat16
+    default = opt.adam().init(params)  # at least float32 by default (see the 200-step test)
+    assert default.mu["w"].dtype == jnp.float32
+    asked = opt.adam(moment_dtype=jnp.bfloat16).init(params)  # moment_dtype still overrides
+    assert asked.mu["w"].dtype == jnp.bfloat16 and asked.nu["w"].dtype == jnp.bfloat16
     tx = opt.adam(moment_dtype=jnp.float32)
     updates, state = tx.update({"w": jnp.full((2, 2), 1e-3, jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16 and state.nu["w"].dtype == jnp.float32
@@ -89,3 +91,52 @@ def test_default_32_bit_mode():
         assert updates["w"].dtype == jnp.float32
         assert all(v.dtype == jnp.float32 for v in opt.hyperparams(state).values())
         np.testing.assert_allclose(np.asarray(updates["w"]), -0.1, rtol=1e-5)
+
+
+def reference_adam_16bit(grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """float64 NumPy Adam from the formula; returns the updates of every step and the last ν."""
+    m = np.zeros_like(grads[0])
+    v = np.zeros_like(grads[0])
+    updates = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        updates.append(-lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps))
+    return updates, v
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_16_bit_adam_moments_follow_a_float64_reference_for_200_steps(dtype):
+    """Default moments are float32 for 16-bit params. With 16-bit moments: float16 ν overflows
+    to Inf for g = 1e4 (that coordinate froze) and underflows to 0 for g = 1e-4 (the step
+    diverged); bfloat16 ν cannot decay by 0.1% a step (9.99e-4 stayed where 8.19e-4 is exact)."""
+    steps = 200
+    rng = np.random.default_rng(0)
+    grads = []
+    for t in range(steps):
+        g = np.array([1.0 if t == 0 else 0.0,   # ν decays from 1e-3 by β₂ per step
+                      1e-4,                     # tiny: ν = 1e-11 is below float16's range
+                      1e4,                      # large: ν = 1e5 is above float16's range
+                      rng.choice([-2.0, 2.0])])  # an ordinary, sign-changing gradient
+        grads.append(np.asarray(jnp.asarray(g, dtype), np.float64))  # what the run sees
+    expected_updates, expected_nu = reference_adam_16bit(grads)
+    tx = opt.adam(1e-3)
+    params = jnp.zeros(4, dtype)
+    state = tx.init(params)
+    assert state.mu.dtype == jnp.float32 and state.nu.dtype == jnp.float32
+    step = jax.jit(lambda g, s: tx.update(g, s, params))
+    for t in range(steps):
+        updates, state = step(jnp.asarray(grads[t], dtype), state)
+        assert updates.dtype == dtype
+        # the update is the reference's, rounded once to the param dtype (absolutely, for
+        # float16's subnormals below 6.1e-5)
+        np.testing.assert_allclose(np.asarray(updates, np.float64), expected_updates[t],
+                                   rtol=float(jnp.finfo(dtype).eps),
+                                   atol=float(jnp.finfo(dtype).smallest_subnormal))
+    np.testing.assert_allclose(np.asarray(state.nu, np.float64), expected_nu, rtol=1e-4)
+    assert float(expected_nu[0]) == pytest.approx(1e-3 * 0.999**199)  # 8.19e-4
+
+
+def test_accumulate_sums_16_bit_gradients_in_float32():
+    state = opt.accumulate(opt.sgd(0.1), every=2).init({"w": jnp.ones(3, jnp.bfloat16)})
+    assert state.grad_sum["w"].dtype == jnp.float32

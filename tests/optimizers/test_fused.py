@@ -337,3 +337,34 @@ def test_sharded_params_stay_sharded():
         print("ok")
     """)
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("kernel", ["adam", "scaled", "scaled_in_sqrt"])
+def test_kernels_with_zero_eps_give_zero_steps_where_the_gradient_is_zero(kernel):
+    """ε = 0 and g = m = v = 0 is 0/0: the kernels and their jnp twins define it as no step
+    (the limit), where the float64 NumPy reference, written from the formula, is finite."""
+    g, p, m, v = arrays(21)
+    zero = np.arange(N) % 3 == 0
+    g, m, v = (np.where(zero, 0, x).astype(np.float32) for x in (g, m, v))
+    if kernel == "adam":
+        coef = _fused.adam_coefficients(jnp.int32(3), 1e-2, 0.9, 0.999, 0.0)
+        step, twin, target, inputs = _fused.adam_step, _fused.adam_reference, "fnn_adam_f32", (
+            g, p, m, v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ref_p = numpy_adam(g, p, m, v, 3, 1e-2, 0.9, 0.999, 0.0, 0.0, True)[0]
+    else:
+        in_sqrt = kernel == "scaled_in_sqrt"
+        coef = _fused.scaled_coefficients(0.9, 0.1, 1e-2, 0.0, in_sqrt)
+        step, twin, target, inputs = (_fused.scaled_step, _fused.scaled_reference,
+                                      "fnn_scaled_f32", (g, p, v))
+        s = 0.9 * v.astype(np.float64) + 0.1 * g.astype(np.float64) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ref_p = p - float(np.float32(1e-2)) * g / np.sqrt(s)
+    ref_p = np.where(zero, p, ref_p)  # 0/0 := 0: no step
+    jitted = jax.jit(step)
+    assert target in jitted.lower(coef, *inputs).as_text()
+    for run in (jitted, jax.jit(twin)):
+        new_p = np.asarray(run(coef, *inputs)[0], np.float64)
+        assert np.all(np.isfinite(new_p))
+        np.testing.assert_array_equal(new_p[zero], p[zero])
+        np.testing.assert_allclose(new_p, ref_p, rtol=1e-5, atol=1e-6)
