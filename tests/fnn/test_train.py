@@ -398,8 +398,6 @@ def test_fit_rejects_non_finite_training_data():
                   batch_size=8, progress=False)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 item 16: the optimizers helper makes the "
-                   "optimizer's own values win; remove this marker once that is merged")
 def test_fit_uses_the_optimizer_it_is_given():
     """Issue 11 item 16: fit(loss, sgd(0.5), state made with sgd(1e-3)) steps with 0.5.
 

@@ -87,8 +87,6 @@ def test_label_check_skips_traced_data_and_runs_on_captured_data():
         loss_fn.check_data("fit", "train_data", (x, bad), params, model_state)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 item 5: fnn/losses.py (the losses helper) makes "
-                                        "out-of-range traced labels give NaN; remove once merged")
 @pytest.mark.parametrize("label", [-1, 3])
 def test_out_of_range_labels_inside_a_trace_never_give_a_finite_loss(label):
     _, params, model_state, x, y, loss_fn, _ = classifier_problem()
