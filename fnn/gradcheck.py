@@ -171,10 +171,11 @@ def _count(owner: str, name: str, value: Any) -> int:
 
 def _check_leaves(owner: str, args: Any, name: str = "args", *,
                   floats_only: bool = False) -> None:
-    """Every leaf a concrete real array or number (float leaves only if ``floats_only``)."""
+    """Every leaf a real array or number (float leaves only if ``floats_only``; concrete unless
+    ``floats_only``: :func:`numerical_grad` also works inside a trace)."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
         where = f"{name}{jax.tree_util.keystr(path)}"
-        if isinstance(leaf, jax.core.Tracer):
+        if isinstance(leaf, jax.core.Tracer) and not floats_only:
             raise TypeError(f"{owner}: {where} is a traced value; the check runs its own "
                             "compiled program and returns Python floats: call it outside "
                             "jax.jit, jax.vmap and jax.grad, on concrete arrays.")
@@ -213,7 +214,9 @@ def numerical_grad(f: Callable, x: Any, eps: float = 1e-5, batch_size: int = 512
 
     Raises:
       TypeError: f is not callable, x has non-float leaves, or f's output is
-        not real. ValueError: f's output is not a scalar or is not finite at x.
+        not real. ValueError: f's output is not a scalar, or is not finite at
+        x (checked when x is concrete; inside ``jax.jit``/``vmap``/``grad`` the
+        check is skipped and a NaN of f shows in the result).
 
     Example:
         >>> fnn.gradcheck.numerical_grad(lambda x: jnp.sum(x ** 3), jnp.ones(3))   # ≈ [3, 3, 3]
@@ -246,7 +249,8 @@ def numerical_grad(f: Callable, x: Any, eps: float = 1e-5, batch_size: int = 512
         values, at_x = jax.jit(lambda: (jax.lax.map(partial, jnp.arange(flat.size),
                                                     batch_size=min(batch_size, size)),
                                         value(flat)))()
-        if not np.isfinite(float(at_x)):
+        # the check reads a value: only a concrete one (inside a trace f's NaN stays visible)
+        if not isinstance(at_x, jax.core.Tracer) and not np.isfinite(float(at_x)):
             raise ValueError(f"{owner}: f(x) is {float(at_x)}; the gradient by differences "
                              "needs f finite at x.")
         return unravel(values.astype(jnp.float64))
