@@ -115,14 +115,14 @@ def test_a_huge_negative_slope_gives_the_limit_not_an_overflow():
 
 
 def test_half_normal_and_one_sided_cuts_are_sampled_in_the_tail_correctly():
-    """A cut at 2σ with no upper bound: jax.random.truncated_normal alone returns 3.4e38 for
-    some draws in float32; the mean is φ(a) / (1 − Φ(a)) (a closed form)."""
+    """A cut at 3σ with no upper bound: jax.random.truncated_normal alone returns 3.4e38 for
+    some draws in float32; the mean is φ(a) / (1 − Φ(a)) (a closed form), the std < 0.3."""
+    a = 3.0
+    mean = math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / (math.erfc(a / math.sqrt(2)) / 2)
     for dtype in (jnp.float32, jnp.float64, jnp.bfloat16):
-        w = np.asarray(init.truncated_normal(1.0, 2.0, INF)(KEY, (200_000,), dtype), np.float64)
-        assert np.isfinite(w).all() and w.min() >= 2.0 - 1e-2 and w.max() <= 8.0
-        a = 2.0
-        mean = math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / (math.erfc(a / math.sqrt(2)) / 2)
-        assert abs(w.mean() - mean) < 5 * 0.37 / math.sqrt(w.size) + 1e-2 * (
+        w = np.asarray(init.truncated_normal(1.0, a, INF)(KEY, (100_000,), dtype), np.float64)
+        assert np.isfinite(w).all() and w.min() >= a - 2e-2 and w.max() <= 8.0
+        assert abs(w.mean() - mean) < 5 * 0.3 / math.sqrt(w.size) + 2e-2 * (
             dtype == jnp.bfloat16)
     w = np.asarray(init.truncated_normal(0.5, 0.0, INF)(KEY, (100_000,)), np.float64)
     assert w.min() >= 0 and abs(w.mean() - 0.5 * math.sqrt(2 / math.pi)) < 3e-3
