@@ -326,3 +326,12 @@ def test_a_non_finite_value_at_the_point_is_an_error_not_a_pass():
     report = check_grads(lambda x: jnp.sum(jnp.sqrt(x)), jnp.array([1e-6, 1.0]),
                          raise_on_failure=False)
     assert not report.passed and [r[0] for r in report.unresolvable["args[0]"]] == [(0,)]
+
+
+def test_the_layer_table_names_unresolvable_coordinates():
+    from fnn.layer_checks import verdict
+
+    report = check_grads(lambda x: jnp.sum(jax.nn.relu(x)), jnp.array([0.5, 2e-6]),
+                         raise_on_failure=False)
+    assert verdict(report) == "FAIL (unresolvable: args[0] at [(1,)])"
+    assert verdict(check_grads(jnp.sum, jnp.ones(2))) == "ok"
