@@ -2,12 +2,16 @@
 
 A check (:class:`Case`) is f, its float64 arguments, which leaves are perturbed
 and, in directional mode, the host-drawn unit directions. :func:`run` traces
-every case's error computation into one ``jax.jit`` program, lowers it (finding
-out on the way which functions have no forward mode) and compiles it once.
+every case's derivatives and finite differences into one ``jax.jit`` program,
+lowers it (finding out on the way which functions have no forward mode) and
+compiles it once; per coordinate (or direction) it returns the analytic and
+numeric values (:class:`Rows`). :func:`leaf_errors` turns those into each
+leaf's relative error and its unresolvable coordinates, on the host.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,9 +30,26 @@ def as_float64(tree: Any) -> Any:
         lambda x: jnp.asarray(x, jnp.float64) if _is_float(x) else jnp.asarray(x), tree)
 
 
-def _flat_output(value: Any) -> jax.Array:
-    leaves = [jnp.ravel(jnp.asarray(v, jnp.float64)) for v in jax.tree_util.tree_leaves(value)]
-    return jnp.concatenate(leaves) if len(leaves) != 1 else leaves[0]
+def _is_real(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer) or \
+        jnp.issubdtype(dtype, jnp.bool_)
+
+
+def _flat_output(value: Any, owner: str) -> jax.Array:
+    """f's output as one float64 vector; an error naming f's output if it is not real arrays."""
+    leaves = jax.tree_util.tree_leaves(value)
+    if not leaves:
+        raise ValueError(f"{owner}: f must return an array or a pytree of arrays; got {value!r}.")
+    for leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, (int, float)):
+            continue
+        if dtype is None or not _is_real(dtype):
+            what = f"dtype {dtype}" if dtype is not None else f"{type(leaf).__name__} {leaf!r:.40}"
+            raise TypeError(f"{owner}: f must return real-valued arrays (a float loss); got an "
+                            f"output of {what}.")
+    flat = [jnp.ravel(jnp.asarray(v, jnp.float64)) for v in leaves]
+    return jnp.concatenate(flat) if len(flat) != 1 else flat[0]
 
 
 class Case(NamedTuple):
@@ -38,8 +59,13 @@ class Case(NamedTuple):
     args: tuple
     argnums: tuple
     names: list  # the paths of the checked (float) leaves
-    sizes: list
+    shapes: list  # their shapes
     directions: np.ndarray  # directional mode: (num_directions, total), unit per leaf
+    owner: str = "check_grads"  # the name in error messages
+
+    @property
+    def sizes(self) -> list:
+        return [math.prod(shape) for shape in self.shapes]
 
 
 def _checked(args: tuple, argnums: tuple) -> tuple[list, Callable]:
@@ -60,14 +86,15 @@ def _checked(args: tuple, argnums: tuple) -> tuple[list, Callable]:
 
 
 def prepare(f: Callable, args: tuple, argnums: tuple, mode: str, num_directions: int,
-             seed: int) -> Case:
+            seed: int, owner: str = "check_grads") -> Case:
     args = tuple(as_float64(a) for a in args)
-    names, sizes = [], []
+    names, shapes = [], []
     for a in argnums:
         for path, leaf in jax.tree_util.tree_flatten_with_path(args[a])[0]:
             if _is_float(leaf):
                 names.append(f"args[{a}]{jax.tree_util.keystr(path)}")
-                sizes.append(int(np.size(leaf)))
+                shapes.append(tuple(np.shape(leaf)))
+    sizes = [math.prod(shape) for shape in shapes]
     directions = np.zeros((0, 0))
     if mode == "directional" and sizes:
         # drawn on the host: random numbers drawn inside the program would add much to
@@ -77,7 +104,7 @@ def prepare(f: Callable, args: tuple, argnums: tuple, mode: str, num_directions:
         for s, e in zip(starts[:-1], starts[1:]):
             directions[:, s:e] /= np.maximum(np.linalg.norm(directions[:, s:e], axis=1,
                                                             keepdims=True), 1e-300)
-    return Case(f, args, argnums, names, sizes, directions)
+    return Case(f, args, argnums, names, shapes, directions, owner)
 
 
 def _flat_function(case: Case, args: tuple) -> tuple[Callable, jax.Array]:
@@ -87,7 +114,7 @@ def _flat_function(case: Case, args: tuple) -> tuple[Callable, jax.Array]:
     theta, unravel = ravel_pytree(checked)
 
     def f_flat(t):
-        return _flat_output(case.f(*rebuild(all_leaves, unravel(t))))
+        return _flat_output(case.f(*rebuild(all_leaves, unravel(t))), case.owner)
 
     return f_flat, theta
 
@@ -120,22 +147,24 @@ def _has_forward_mode(case: Case) -> bool:
     return True
 
 
-# per-leaf statistics the program returns (norms over the leaf's coordinates or directions)
-STATS = ("reverse_gap", "reverse", "numeric", "forward_gap", "forward", "noise", "count",
-         "gradient")
+class Rows(NamedTuple):
+    """What the program returns for one case, per row (a coordinate, or a direction of a leaf).
 
-
-def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode: bool,
-                mode: str, eps: float, batch_size: int, seed: int) -> jax.Array:
-    """Per leaf the norms ``STATS`` (traced inside the one jit of :func:`run`).
-
-    With a = ⟨Jᵀw, u⟩ (reverse), t = ⟨w, J u⟩ (forward), n = ⟨w, f(θ + εu) −
-    f(θ − εu)⟩ / 2ε and n₂ the same with step 2ε, over the leaf's directions u:
-    ‖a − n‖, ‖a‖, ‖n‖, ‖t − n‖, ‖t‖, ‖n − n₂‖ (the differences' own error:
-    rounding grows as ε shrinks and truncation as ε grows, so n₂ moves from n
-    about as much as n is off), the number of directions and ‖Jᵀw‖ over every
-    checked leaf (the scale of the analytic values' rounding).
+    With u the row's direction (a unit coordinate vector e_i, or a random unit
+    vector inside one leaf), w the output weighting and J f's Jacobian at θ:
     """
+
+    analytic: np.ndarray  # a = ⟨Jᵀw, u⟩, reverse mode (what jax.grad computes)
+    numeric: np.ndarray  # n = ⟨w, f(θ + εu) − f(θ − εu)⟩ / 2ε
+    numeric2: np.ndarray  # n₂, the same with step 2ε
+    tangent: np.ndarray | None  # t = ⟨w, J u⟩, forward mode (None: f has no jvp)
+    gradient: float  # ‖Jᵀw‖ over every checked leaf: the scale of the derivatives
+    magnitude: float  # ⟨|w|, |f(θ)|⟩: the scale of f's values (non-finite: f(θ) is not finite)
+
+
+def _case_rows(case: Case, args: tuple, directions: jax.Array, *, forward_mode: bool,
+               mode: str, eps: float, batch_size: int, seed: int) -> tuple:
+    """The fields of :class:`Rows` (traced inside the one jit of :func:`run`)."""
     f_flat, theta = _flat_function(case, args)
     total, n_leaves = theta.size, len(case.sizes)
 
@@ -151,7 +180,6 @@ def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode:
         tangent = jnp.vdot(w, forward(u)) if forward is not None else jnp.zeros(())
         return (values[0] - values[1]) / (2 * eps), (values[2] - values[3]) / (4 * eps), tangent
 
-    starts = np.concatenate([[0], np.cumsum(case.sizes)]).astype(int)
     if mode == "full":  # u = e_i for every coordinate; analytic (Jᵀw)_i
         def coordinate(i):
             return numeric_and_forward(jax.nn.one_hot(i, total, dtype=theta.dtype))
@@ -162,9 +190,9 @@ def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode:
             numeric, numeric2, tangent = jax.lax.map(coordinate, jnp.arange(total),
                                                      batch_size=batch_size)
         analytic = reverse
-        bounds = starts
     else:  # u: num_directions random unit vectors inside each leaf
         num_directions = directions.shape[0]
+        starts = np.concatenate([[0], np.cumsum(case.sizes)]).astype(int)
         lows, highs = jnp.asarray(starts[:-1]), jnp.asarray(starts[1:])
         index = jnp.arange(total)
 
@@ -176,13 +204,8 @@ def _case_stats(case: Case, args: tuple, directions: jax.Array, *, forward_mode:
         # one row at a time (a scan): each row is a few evaluations of f, reusing memory
         numeric, numeric2, tangent, analytic = jax.lax.map(row,
                                                            jnp.arange(n_leaves * num_directions))
-        bounds = np.arange(n_leaves + 1) * num_directions
-    norm, gradient = jnp.linalg.norm, jnp.linalg.norm(reverse)
-    rows = [jnp.stack([norm(a - n), norm(a), norm(n), norm(t - n), norm(t), norm(n - n2),
-                       jnp.asarray(a.size, a.dtype), gradient])
-            for a, n, n2, t in ((analytic[s:e], numeric[s:e], numeric2[s:e], tangent[s:e])
-                                for s, e in zip(bounds[:-1], bounds[1:]))]
-    return jnp.stack(rows) if rows else jnp.zeros((0, len(STATS)))
+    magnitude = jnp.vdot(jnp.abs(w), jnp.abs(value))
+    return analytic, numeric, numeric2, tangent, jnp.linalg.norm(reverse), magnitude
 
 
 # the check's program runs once: LLVM's optimizations cost more compile time than they save
@@ -190,18 +213,14 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def run(cases: list[Case], *, mode: str, eps: float, batch_size: int,
-        seed: int) -> list[tuple[dict, bool]]:
-    """Per case: leaf path -> its ``STATS`` (a dict), and whether forward mode was checked.
-
-    All cases are computed by one compiled program.
-    """
+        seed: int) -> list[Rows]:
+    """Per case its :class:`Rows`, all cases computed by one compiled program."""
     def program(forward_modes):
-        def stats(all_args, all_directions):
-            return [_case_stats(c, a, d, forward_mode=fm, mode=mode, eps=eps,
-                                batch_size=batch_size, seed=seed)
-                    if c.names else jnp.zeros((0, len(STATS)))
+        def rows(all_args, all_directions):
+            return [_case_rows(c, a, d, forward_mode=fm, mode=mode, eps=eps,
+                               batch_size=batch_size, seed=seed)
                     for c, a, d, fm in zip(cases, all_args, all_directions, forward_modes)]
-        return jax.jit(stats)
+        return jax.jit(rows)
 
     inputs = ([c.args for c in cases], [c.directions for c in cases])
     forward_modes = [True] * len(cases)
@@ -212,10 +231,97 @@ def run(cases: list[Case], *, mode: str, eps: float, batch_size: int,
             raise
         forward_modes = [_has_forward_mode(c) for c in cases]
         lowered = program(forward_modes).lower(*inputs)
-    values = lowered.compile(COMPILER_OPTIONS)(*inputs)
-    return [({name: dict(zip(STATS, map(float, row))) for name, row in
-              zip(case.names, np.asarray(stats))}, fm)
-            for case, stats, fm in zip(cases, values, forward_modes)]
+    values = jax.device_get(lowered.compile(COMPILER_OPTIONS)(*inputs))
+    return [Rows(np.asarray(a), np.asarray(n), np.asarray(n2), np.asarray(t) if fm else None,
+                 float(g), float(m))
+            for (a, n, n2, t, g, m), fm in zip(values, forward_modes)]
+
+
+# what the check cannot resolve, in units that make a right derivative pass
+NOISE_FACTOR = 10.0  # times |n(ε) − n(2ε)| and eps_float64 · ⟨|w|, |f|⟩ / ε: n's own error
+ROUNDING_FACTOR = 100.0  # times eps_float64 · ‖Jᵀw‖: the analytic side's rounding
+FLOAT64_EPS = float(np.finfo(np.float64).eps)
+
+
+class LeafResult(NamedTuple):
+    """One leaf's verdict: relative errors, the differences' noise, what cannot be resolved."""
+
+    reverse: float
+    forward: float | None
+    noise: float
+    unresolvable: list  # (index, n(ε), n(2ε), JAX's value) of every unresolvable row
+
+
+def _relative_error(analytic: np.ndarray, numeric: np.ndarray, floor: float,
+                    resolution: np.ndarray | None, tol: float) -> float:
+    """‖a − n‖ / max(‖a‖, ‖n‖, floor), and per row |aᵢ − nᵢ| / max(‖a‖, ‖n‖, rᵢ / tol).
+
+    The result is the larger of the two (the second only with a ``resolution``
+    r: one noisy row, which raises the leaf's floor, does not loosen the other
+    rows); non-finite becomes inf.
+    """
+    gap = np.abs(analytic - numeric)
+    scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric))
+    error = np.linalg.norm(gap) / np.maximum(scale, floor)
+    if resolution is not None and gap.size:
+        error = np.maximum(error, np.max(gap / np.maximum(scale, resolution / tol)))
+    return float(error) if np.isfinite(error) else float("inf")
+
+
+def _lower_median(values: np.ndarray) -> float:
+    """The lower median (a single largest value never moves it, unless it is alone)."""
+    return float(np.partition(values, (values.size - 1) // 2)[(values.size - 1) // 2]) \
+        if values.size else 0.0
+
+
+def leaf_errors(case: Case, rows: Rows, *, mode: str, eps: float, tol: float,
+                tiny: float | None) -> dict[str, LeafResult]:
+    """Each checked leaf's :class:`LeafResult` from the program's rows.
+
+    A row is unresolvable when its centered differences do not settle:
+    dᵢ = |nᵢ(ε) − nᵢ(2ε)| exceeds tol · ‖Jᵀw‖ (the accuracy the check needs,
+    relative to the derivatives' scale) plus the rounding of f's values,
+    100 · eps_float64 · ⟨|w|, |f|⟩ / ε, or is not finite: f jumps or has a kink
+    within 2ε along the row, is not finite there, or curves too fast for this ε.
+    Such rows are reported and left out of the leaf's errors. Over the others
+    (k of them), with ``tiny`` None, the leaf's floor is (10 ‖d‖ + ρ √k) / tol
+    with ρ = eps_float64 · (100 ‖Jᵀw‖ + 10 ⟨|w|, |f|⟩ / ε) the rounding of one
+    row's analytic and numeric values, and each row is also held to its own
+    resolution rᵢ = 10 max(dᵢ, q) + ρ, where q, the
+    larger of the lower medians of d over the leaf and over the whole check,
+    keeps a d that is small by chance from making its row too strict.
+    """
+    noise = np.abs(rows.numeric - rows.numeric2)
+    threshold = tol * rows.gradient + ROUNDING_FACTOR * FLOAT64_EPS * rows.magnitude / eps
+    resolved = np.isfinite(noise) & (noise <= threshold)
+    # rounding of one row: of the analytic value, and of n (f's values are rounded to
+    # about eps_float64 · |f|, so n moves in steps of about eps_float64 · |f| / ε)
+    rounding = FLOAT64_EPS * (ROUNDING_FACTOR * rows.gradient +
+                              NOISE_FACTOR * rows.magnitude / eps)
+    check_noise = _lower_median(noise[resolved])
+    per_leaf = (case.sizes if mode == "full" else [case.directions.shape[0]] * len(case.sizes))
+    starts = np.concatenate([[0], np.cumsum(per_leaf)]).astype(int)
+    results = {}
+    for name, shape, s, e in zip(case.names, case.shapes, starts[:-1], starts[1:]):
+        keep = np.flatnonzero(resolved[s:e]) + s
+        unresolvable = [(tuple(int(j) for j in np.unravel_index(i, shape)) if mode == "full"
+                         else int(i), float(rows.numeric[s + i]), float(rows.numeric2[s + i]),
+                         float(rows.analytic[s + i])) for i in np.flatnonzero(~resolved[s:e])]
+        d = noise[keep]
+        if tiny is None:
+            floor = max((NOISE_FACTOR * np.linalg.norm(d) + rounding * np.sqrt(keep.size)) / tol,
+                        np.finfo(np.float64).tiny)
+            q = max(_lower_median(d), check_noise)
+            resolution = NOISE_FACTOR * np.maximum(d, q) + rounding
+        else:
+            floor, resolution = tiny, None
+        numeric = rows.numeric[keep]
+        forward = (_relative_error(rows.tangent[keep], numeric, floor, resolution, tol)
+                   if rows.tangent is not None else None)
+        results[name] = LeafResult(
+            _relative_error(rows.analytic[keep], numeric, floor, resolution, tol), forward,
+            float(np.linalg.norm(d)), unresolvable)
+    return results
 
 
 def second_order(case: Case, seed: int) -> Callable:

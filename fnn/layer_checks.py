@@ -140,6 +140,15 @@ def layer_reports(seed: int = 0, tol: float = 1e-6) -> dict[tuple[str, str], Gra
     return dict(zip(checks, reports.values()))
 
 
+def verdict(report: GradCheckReport) -> str:
+    """"ok" or "FAIL", naming the coordinates where f is not differentiable within 2 eps."""
+    text = "ok" if report.passed else "FAIL"
+    if report.unresolved:
+        text += " (unresolvable: " + ", ".join(f"{path} at {[row[0] for row in rows]}"
+                                               for path, rows in report.unresolved.items()) + ")"
+    return text
+
+
 def check_all_layers(seed: int = 0, out=None, tol: float = 1e-6) -> bool:
     """Checks every layer (train and eval mode) and loss; prints a table; True if all pass."""
     out = sys.stdout if out is None else out
@@ -148,9 +157,8 @@ def check_all_layers(seed: int = 0, out=None, tol: float = 1e-6) -> bool:
     width = max(len(name) for name, _ in reports)
     print(f"{'layer or loss':{width}}  mode   worst relative error  leaf", file=out)
     for (name, mode), report in reports.items():
-        verdict = "ok" if report.passed else "FAIL"
-        print(f"{name:{width}}  {mode:5}  {report.max_error:20.2e}  {report.worst}  {verdict}",
-              file=out)
-    verdict = "all gradients match" if ok else "SOME GRADIENTS DO NOT MATCH"
-    print(f"{verdict} (centered differences, eps 1e-5, tol {tol:g}, float64)", file=out)
+        print(f"{name:{width}}  {mode:5}  {report.max_error:20.2e}  {report.worst}  "
+              f"{verdict(report)}", file=out)
+    summary = "all gradients match" if ok else "SOME GRADIENTS DO NOT MATCH"
+    print(f"{summary} (centered differences, eps 1e-5, tol {tol:g}, float64)", file=out)
     return ok

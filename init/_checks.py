@@ -8,7 +8,7 @@ what was expected and what was given.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -92,9 +92,15 @@ def _is_tracer(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
-def check_number(owner: str, name: str, value: Any, *, non_negative: bool = False) -> None:
-    """TypeError unless ``value`` is a real number (or a scalar array, or a tracer, unchecked);
-    ValueError if ``non_negative`` and it is negative or NaN."""
+def check_number(owner: str, name: str, value: Any, *, non_negative: bool = False,
+                 finite: bool = True) -> None:
+    """TypeError unless ``value`` is a real number (or a scalar array; a tracer is unchecked);
+    ValueError if it is NaN, infinite (unless ``finite`` is False), or negative when
+    ``non_negative``.
+
+    The check reads the value with NumPy only (never jnp), so a concrete array captured
+    by a jitted function is checked without being traced.
+    """
     if _is_tracer(value):
         return
     is_scalar_array = isinstance(value, (jax.Array, np.ndarray, np.generic)) and (
@@ -102,8 +108,36 @@ def check_number(owner: str, name: str, value: Any, *, non_negative: bool = Fals
                                  or jnp.issubdtype(value.dtype, jnp.integer)))
     if not (is_scalar_array or (isinstance(value, numbers.Real) and not isinstance(value, bool))):
         raise TypeError(f"{owner}: {name} must be a real number; got {value!r}.")
-    if non_negative and not float(value) >= 0:
+    number = float(np.asarray(value, np.float64))
+    if np.isnan(number) or (finite and not np.isfinite(number)):
+        expected = "a finite number" if finite else "a number (not NaN)"
+        raise ValueError(f"{owner}: {name} must be {expected}; got {value!r}.")
+    if non_negative and not number >= 0:
         raise ValueError(f"{owner}: {name} must be >= 0; got {value!r}.")
+
+
+def nan_unless(value: Any, ok: Callable[[Any], Any]) -> Any:
+    """``value``, or NaN where ``ok(value)`` is False, for a value whose check a trace skipped.
+
+    Concrete values were checked eagerly (:func:`check_number`) and come back
+    unchanged (``ok`` is not called); inside ``jax.jit``/``vmap``/``grad`` a bad
+    hyperparameter then makes the weights (and their gradient) NaN instead of
+    plausible wrong numbers.
+    """
+    if not _is_tracer(value):
+        return value
+    # a product, not a where(): the gradient through a NaN factor is NaN too
+    return value * jnp.where(ok(value), 1.0, jnp.nan)
+
+
+def check_fits(owner: str, name: str, value: Any, dtype: Any) -> None:
+    """ValueError if the concrete ``value`` overflows ``dtype`` (e.g. 1e5 in float16)."""
+    if _is_tracer(value):
+        return
+    largest = float(jnp.finfo(dtype).max)
+    if abs(float(np.asarray(value, np.float64))) > largest:
+        raise ValueError(f"{owner}: {name}={value!r} overflows {jnp.dtype(dtype).name} (largest "
+                         f"finite value {largest:g}); use a wider dtype or a smaller {name}.")
 
 
 def check_axis(owner: str, name: str, axis: Any) -> None:

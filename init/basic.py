@@ -8,7 +8,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import Initializer, check_dtype, check_key, check_number, check_shape
+from ._checks import (
+    Initializer,
+    check_dtype,
+    check_fits,
+    check_key,
+    check_number,
+    check_shape,
+    nan_unless,
+)
+
+# truncated_normal: intervals beyond ±TAIL are refused, and cuts are sampled within
+# ±SAMPLED_TAIL of the sampling dtype, where its inverse-CDF sampling still resolves the tail
+TAIL = 4.0
+SAMPLED_TAIL = {"float32": 5.0, "float64": 8.0}
 
 
 def _prepare(owner: str, key: Any, shape: Any, dtype: Any) -> tuple[tuple[int, ...], Any, Any]:
@@ -23,7 +36,8 @@ def constant(value: float) -> Initializer:
     """Every entry equal to ``value``: w = c.
 
     Args:
-      value: the constant c (a real number).
+      value: the constant c, a finite real number (that fits the dtype it is
+        drawn in, e.g. |c| <= 65504 for float16).
 
     Returns:
       An initializer ``(key, shape, dtype=jnp.float32) -> array``; the key is
@@ -37,6 +51,7 @@ def constant(value: float) -> Initializer:
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype, _ = _prepare("constant", key, shape, dtype)
+        check_fits("constant", "value", value, dtype)
         return jnp.full(shape, value, dtype)
 
     return initializer
@@ -75,8 +90,11 @@ def normal(stddev: float = 0.01, mean: float = 0.0) -> Initializer:
     """Gaussian weights: w ~ N(mean, stddev²), e.g. the classic ``0.01 · randn``.
 
     Args:
-      stddev: the standard deviation, ≥ 0.
-      mean: the mean.
+      stddev: the standard deviation, a finite number ≥ 0.
+      mean: the mean, a finite number.
+
+    Traced (inside ``jax.jit``/``vmap``/``grad``) arguments are not checked; a
+    negative stddev then gives NaN weights.
 
     Returns:
       An initializer ``(key, shape, dtype=jnp.float32) -> array``.
@@ -89,7 +107,8 @@ def normal(stddev: float = 0.01, mean: float = 0.0) -> Initializer:
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype, work = _prepare("normal", key, shape, dtype)
-        return (mean + stddev * jax.random.normal(key, shape, work)).astype(dtype)
+        scale = nan_unless(stddev, lambda s: s >= 0)
+        return (mean + scale * jax.random.normal(key, shape, work)).astype(dtype)
 
     return initializer
 
@@ -98,8 +117,10 @@ def uniform(low: float = -0.05, high: float = 0.05) -> Initializer:
     """Uniform weights: w ~ U[low, high), mean (low + high)/2, variance (high − low)²/12.
 
     Args:
-      low: the lower bound (included).
-      high: the upper bound (excluded), > low.
+      low: the lower bound (included), a finite number.
+      high: the upper bound (excluded), a finite number > low.
+
+    Traced arguments are not checked; low >= high then gives NaN weights.
 
     Returns:
       An initializer ``(key, shape, dtype=jnp.float32) -> array``.
@@ -117,7 +138,14 @@ def uniform(low: float = -0.05, high: float = 0.05) -> Initializer:
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype, work = _prepare("uniform", key, shape, dtype)
-        return jax.random.uniform(key, shape, work, low, high).astype(dtype)
+        for name, bound in (("low", low), ("high", high)):
+            check_fits("uniform", name, bound, dtype)
+        if concrete:
+            check_fits("uniform", "high - low", float(high) - float(low), work)
+        # traced bounds are unchecked: low >= high makes both NaN (plain draws would be wrong)
+        bounds = jnp.stack(jnp.broadcast_arrays(low, high)) if not concrete else (low, high)
+        bounds = nan_unless(bounds, lambda b: b[0] < b[1])
+        return jax.random.uniform(key, shape, work, bounds[0], bounds[1]).astype(dtype)
 
     return initializer
 
@@ -132,9 +160,17 @@ def truncated_normal(stddev: float = 0.01, lower: float = -2.0, upper: float = 2
     exactly a requested variance use ``variance_scaling(..., "truncated_normal")``.
 
     Args:
-      stddev: the standard deviation of the normal before truncation, ≥ 0.
-      lower: the lower cut, in units of stddev.
-      upper: the upper cut, in units of stddev, > lower.
+      stddev: the standard deviation of the normal before truncation, a finite
+        number ≥ 0.
+      lower: the lower cut, in units of stddev (may be −inf), < 4.
+      upper: the upper cut, in units of stddev (may be +inf), > lower and > −4.
+
+    An interval entirely beyond ±4 is refused, and cuts beyond ±5 (float32
+    sampling; ±8 for float64) are sampled as ±5 (±8; the mass lost is below
+    3e-7 of the normal's): ``jax.random.truncated_normal`` inverts the CDF in
+    that precision and there returns the interval's end, or 3.4e38, instead of
+    tail samples. Traced arguments are not checked; lower >= upper or a
+    negative stddev then give NaN weights.
 
     Returns:
       An initializer ``(key, shape, dtype=jnp.float32) -> array``.
@@ -145,16 +181,26 @@ def truncated_normal(stddev: float = 0.01, lower: float = -2.0, upper: float = 2
       True
     """
     check_number("truncated_normal", "stddev", stddev, non_negative=True)
-    check_number("truncated_normal", "lower", lower)
-    check_number("truncated_normal", "upper", upper)
+    check_number("truncated_normal", "lower", lower, finite=False)
+    check_number("truncated_normal", "upper", upper, finite=False)
     concrete = not any(isinstance(v, jax.core.Tracer) for v in (lower, upper))
     if concrete and not float(lower) < float(upper):
         raise ValueError(f"truncated_normal: lower must be < upper; got lower={lower!r}, "
                          f"upper={upper!r}.")
+    if concrete and not (float(lower) < TAIL and float(upper) > -TAIL):
+        raise ValueError(f"truncated_normal: the cut [lower, upper] = [{lower!r}, {upper!r}] "
+                         f"lies entirely beyond ±{TAIL:g} standard deviations, where the "
+                         f"sampling is inaccurate; expected lower < {TAIL:g} and "
+                         f"upper > {-TAIL:g}.")
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype, work = _prepare("truncated_normal", key, shape, dtype)
-        sample = jax.random.truncated_normal(key, lower, upper, shape, work)
-        return (stddev * sample).astype(dtype)
+        limit = SAMPLED_TAIL[jnp.dtype(work).name]
+        bounds = jnp.clip(jnp.stack(jnp.broadcast_arrays(lower, upper)), -limit, limit) \
+            if not concrete else (min(max(float(lower), -limit), limit),
+                                  min(max(float(upper), -limit), limit))
+        bounds = nan_unless(bounds, lambda b: b[0] < b[1])
+        sample = jax.random.truncated_normal(key, bounds[0], bounds[1], shape, work)
+        return (nan_unless(stddev, lambda s: s >= 0) * sample).astype(dtype)
 
     return initializer

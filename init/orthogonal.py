@@ -9,7 +9,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import Initializer, check_axis, check_dtype, check_key, check_number, check_shape
+from ._checks import (
+    Initializer,
+    check_axis,
+    check_dtype,
+    check_key,
+    check_number,
+    check_shape,
+    nan_unless,
+)
 
 
 def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
@@ -29,7 +37,8 @@ def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
     low-precision QR, which ``jax.nn.initializers.orthogonal`` needs).
 
     Args:
-      scale: the multiplier (the gain), ≥ 0.
+      scale: the multiplier (the gain), a finite number ≥ 0 (traced, it is not
+        checked: a negative one gives NaN).
       column_axis: the axis whose entries index the columns of M.
 
     Returns:
@@ -69,6 +78,6 @@ def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
         if rows < columns:
             q = q.T
         w = jnp.moveaxis(q.reshape(*other, columns), -1, axis)
-        return (scale * w).astype(dtype)
+        return (nan_unless(scale, lambda s: s >= 0) * w).astype(dtype)
 
     return initializer

@@ -19,13 +19,22 @@ fan_in_uniform()      1/3                    fan_in    uniform
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._checks import Initializer, check_axis, check_dtype, check_key, check_number, check_shape
+from ._checks import (
+    Initializer,
+    check_axis,
+    check_dtype,
+    check_key,
+    check_number,
+    check_shape,
+    nan_unless,
+)
 from ._fans import batch_axes, compute_fans
 
 MODES = ("fan_in", "fan_out", "fan_avg")
@@ -38,6 +47,17 @@ def _check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}; "
                          f"got {value!r}.")
+
+
+def _check_distinct_axes(owner: str, in_axis: int, out_axis: int, batch: tuple) -> None:
+    """ValueError now if two axes are the same for every rank (same sign and value); the
+    others (e.g. -1 and 1, the same axis only at rank 2) are checked with the shape."""
+    named = [("in_axis", in_axis), ("out_axis", out_axis)] + [("batch_axis", b) for b in batch]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            if a == b:
+                raise ValueError(f"{owner}: {first} and {second} must name different axes; "
+                                 f"both are {a}.")
 
 
 def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = -2,
@@ -61,7 +81,8 @@ def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = 
     rounded float32 draws.
 
     Args:
-      scale: the variance multiplier, ≥ 0 (e.g. 2 for ReLU, the gain squared).
+      scale: the variance multiplier, a finite number ≥ 0 (e.g. 2 for ReLU, the
+        gain squared). Traced, it is not checked (a negative one gives NaN).
       mode: ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``.
       distribution: ``"uniform"``, ``"normal"`` or ``"truncated_normal"``.
       in_axis: the input-feature axis of the weight shape.
@@ -73,8 +94,9 @@ def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = 
       An initializer ``(key, shape, dtype=jnp.float32) -> array``.
 
     Raises:
-      ValueError: a negative scale, an unknown mode or distribution (here), or a
-        shape whose fans cannot be computed (when the initializer is called).
+      ValueError: a negative or non-finite scale, an unknown mode or
+        distribution, in_axis/out_axis/batch_axis naming the same axis (here),
+        or a shape whose fans cannot be computed (when the initializer is called).
 
     Example:
       >>> he = init.variance_scaling(2.0, "fan_in", "normal")
@@ -88,6 +110,7 @@ def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = 
     check_axis(name, "in_axis", in_axis)
     check_axis(name, "out_axis", out_axis)
     batch = batch_axes(name, batch_axis)
+    _check_distinct_axes(name, in_axis, out_axis, batch)
 
     def initializer(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         check_key(name, key)
@@ -137,8 +160,8 @@ def xavier_uniform(gain: float = 1.0) -> Initializer:
     deep feedforward neural networks", AISTATS 2010 (eq. 16, "normalized
     initialization").
     """
-    check_number("xavier_uniform", "gain", gain, non_negative=True)
-    return variance_scaling(gain**2, "fan_avg", "uniform", name="xavier_uniform")
+    return variance_scaling(_gain_scale("xavier_uniform", gain), "fan_avg", "uniform",
+                            name="xavier_uniform")
 
 
 def xavier_normal(gain: float = 1.0) -> Initializer:
@@ -159,13 +182,27 @@ def xavier_normal(gain: float = 1.0) -> Initializer:
 
     Reference: X. Glorot and Y. Bengio, AISTATS 2010 (see :func:`xavier_uniform`).
     """
-    check_number("xavier_normal", "gain", gain, non_negative=True)
-    return variance_scaling(gain**2, "fan_avg", "normal", name="xavier_normal")
+    return variance_scaling(_gain_scale("xavier_normal", gain), "fan_avg", "normal",
+                            name="xavier_normal")
+
+
+def _gain_scale(owner: str, gain: float) -> Any:
+    """gain², for a finite gain ≥ 0 whose square is finite (a traced negative gain: NaN)."""
+    check_number(owner, "gain", gain, non_negative=True)
+    if isinstance(gain, jax.core.Tracer):
+        return nan_unless(gain, lambda g: g >= 0) ** 2
+    if not float(gain) <= 1e150:
+        raise ValueError(f"{owner}: gain must be at most 1e150 (its square is the variance "
+                         f"scale); got {gain!r}.")
+    return float(gain) ** 2
 
 
 def _he_scale(owner: str, negative_slope: float) -> Any:
+    """2 / (1 + a²), for a finite real a (a huge |a| gives 0, not an OverflowError)."""
     check_number(owner, "negative_slope", negative_slope)
-    return 2.0 / (1.0 + negative_slope**2)
+    if isinstance(negative_slope, jax.core.Tracer):
+        return 2.0 / (1.0 + negative_slope**2)
+    return (math.sqrt(2.0) / math.hypot(1.0, float(negative_slope))) ** 2
 
 
 def he_uniform(negative_slope: float = 0.0, mode: str = "fan_in") -> Initializer:

@@ -22,7 +22,7 @@ BAD = [
     ("negative scale", lambda: init.variance_scaling(-1.0, "fan_in", "normal"), ValueError,
      r"scale must be >= 0; got -1.0"),
     ("nan scale", lambda: init.variance_scaling(float("nan"), "fan_in", "normal"), ValueError,
-     r"scale must be >= 0; got nan"),
+     r"scale must be a finite number; got nan"),
     ("negative gain", lambda: init.xavier_uniform(gain=-1.0), ValueError,
      r"xavier_uniform: gain must be >= 0; got -1.0"),
     ("gain not a number", lambda: init.xavier_normal(gain="relu"), TypeError,
@@ -87,8 +87,11 @@ BAD = [
      lambda: init.variance_scaling(1.0, "fan_in", "normal", in_axis=5)(KEY, (2, 3)), ValueError,
      r"variance_scaling: cannot compute fans of shape \(2, 3\): in_axis=5 is out of range for "
      r"rank 2 \(expected -2 <= in_axis < 2\)"),
-    ("same in and out axis",
-     lambda: init.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=0)(KEY, (3, 3)),
+    ("same in and out axis",  # the same axis at every rank: refused by the factory
+     lambda: init.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=0), ValueError,
+     r"variance_scaling: in_axis and out_axis must name different axes; both are 0"),
+    ("in and out axis the same at rank 2",
+     lambda: init.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=-1)(KEY, (3, 3)),
      ValueError, r"cannot compute fans of shape \(3, 3\): in_axis .* must name different axes"),
     ("batch axis is out axis", lambda: init.compute_fans((4, 3, 3), batch_axis=-1), ValueError,
      r"compute_fans: cannot compute fans of shape \(4, 3, 3\).*must name different axes"),
