@@ -142,7 +142,11 @@ def test_wrappers_hyperparams_and_switch():
     tx = opt.masked(opt.sgd(1.0), {"w": True, "b": False})
     params, _ = _step(tx, p, g)
     np.testing.assert_allclose(np.asarray(params["w"]), -3.0)
-    np.testing.assert_allclose(np.asarray(params["b"]), 4.0)  # optax's masked: g passes through
+    np.testing.assert_array_equal(np.asarray(params["b"]), 1.0)  # around a descent step: frozen
+    tx = opt.chain(opt.masked(opt.clip(1.0), {"w": True, "b": False}), opt.sgd(1.0))
+    params, _ = _step(tx, p, g)
+    np.testing.assert_allclose(np.asarray(params["w"]), 0.0)  # clipped to 1, then one step
+    np.testing.assert_allclose(np.asarray(params["b"]), -2.0)  # a transform passes g through
 
     tx = opt.accumulate(opt.sgd(1.0), every=2)
     state = tx.init(p)
