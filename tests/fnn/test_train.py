@@ -34,16 +34,6 @@ def linear_problem(n=96, seed=0):
     return (x, y), params, loss_fn
 
 
-def test_readme_example_runs():
-    """The README's hand-written-model example, executed as written."""
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- example: handwritten -->\s*```python\n(.*?)```", readme, re.S)
-    assert match, "README lost its hand-written model example"
-    namespace = {}
-    exec(compile(match.group(1), "README.md", "exec"), namespace)
-    assert namespace["history"]["val_accuracy"][-1] > 0.9
-
-
 def test_step_trains_compiles_once_and_donates():
     data, params, loss_fn = linear_problem()
     traces = []
