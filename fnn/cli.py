@@ -2,6 +2,7 @@
 
     python -m fnn                       # train the digits MLP with five optimizers, plot losses
     python -m fnn train --optimizer adam --epochs 30 --learning-rate 1e-3
+    python -m fnn --dataset mnist       # MNIST (or fashion_mnist), downloaded once and cached
     python -m fnn search --trials 16    # random log-scale search, all trials in one vmapped program
     python -m fnn gradcheck             # finite differences against jax.grad, layer by layer
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import math
 import os
 import secrets
@@ -70,10 +72,12 @@ def init_model(model, seed: int, features: int):
     return jax.jit(lambda key: model.init(key, (-1, features))[1:])(jax.random.key(seed + 1))
 
 
-def load(dataset: str, seed: int, preprocess: str = "center"):
-    """A train/validation split (80/20) of a built-in data set, preprocessed with statistics of
-    the training part only."""
-    x, y = data.DATASETS[dataset]()
+def load(dataset: str, seed: int, preprocess: str = "center", progress: bool = True):
+    """A train/validation split (80/20) of a built-in data set (for MNIST and Fashion-MNIST, of
+    their train split), preprocessed with statistics of the training part only."""
+    loader = data.DATASETS[dataset]
+    downloads = "progress" in inspect.signature(loader).parameters  # mnist, fashion_mnist
+    x, y = loader(progress=progress) if downloads else loader()
     (x_train, y_train), (x_val, y_val) = data.train_val_split(jax.random.key(seed), (x, y), 0.2)
     prep = PREPROCESSING[preprocess](x_train)
     classes = int(y.max()) + 1
@@ -129,7 +133,9 @@ def _seed(text: str) -> int:
 
 def _common(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="digits",
-                        help="built-in data set (default: digits, from scikit-learn)")
+                        help="built-in data set (default: digits, from scikit-learn); mnist and "
+                             "fashion_mnist are downloaded on first use into $FNN_DATA_DIR "
+                             "(default: ~/.cache/fnn/datasets)")
     parser.add_argument("--epochs", type=_positive(int), default=epochs,
                         help=f"epochs per run (default: {epochs})")
     parser.add_argument("--batch-size", type=_positive(int), default=64,
@@ -223,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def experiment(args: argparse.Namespace):
     """The data split, the MLP and its loss and evaluation functions that train and search share."""
-    (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess)
+    (x_train, y_train), val, classes = load(args.dataset, args.seed, args.preprocess,
+                                            progress=not getattr(args, "no_progress", False))
     if args.batch_size > len(x_train):
         raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(x_train)} "
                          f"training examples of {args.dataset}; an epoch would be one step on "

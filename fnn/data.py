@@ -1,4 +1,13 @@
-"""Data: small real data sets, train/validation splits, mini-batches and preprocessing.
+"""Data: real data sets, train/validation splits, mini-batches and preprocessing.
+
+Data sets (each loader returns ``(x, y)``, x float32 rows, y int32 labels;
+``DATASETS`` maps names to loaders): :func:`load_digits` and :func:`load_iris`
+ship with scikit-learn; :func:`load_mnist` and :func:`load_fashion_mnist`
+download the standard IDX files once, verify their SHA-256 and cache them in
+``$FNN_DATA_DIR`` (default ``~/.cache/fnn/datasets``)::
+
+    x, y = fnn.data.load_digits()                 # (1797, 64), offline
+    x, y = fnn.data.load_mnist()                  # (60000, 784), downloaded on first use
 
 Preprocessing is *fitted* on training data and then applied unchanged to
 validation and test data, so no statistic leaks from them::
@@ -22,6 +31,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._datasets import (
+    DATASETS,
+    DownloadError,
+    load_digits,
+    load_fashion_mnist,
+    load_iris,
+    load_mnist,
+)
 
 Data = Any  # an array, or a tuple/dict (pytree) of arrays sharing their first axis
 
@@ -320,63 +338,11 @@ def zca_whiten(x_train: Any, eps: float = 1e-5) -> Preprocessor:
         .astype(x.dtype))
 
 
-# ------------------------------------------------------------------ data sets
+# ------------------------------------------------------------------ public names
+# the data set loaders live in fnn/_datasets.py and are public here
 
-
-def _sklearn(loader: str):
-    try:
-        import sklearn.datasets
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"{loader} needs scikit-learn: pip install scikit-learn (or install fnn with its "
-            "examples extra: pip install \"fnn[examples]\")."
-        ) from error
-    return sklearn.datasets
-
-
-def _sklearn_file(name: str) -> str | None:
-    """The path of a data file shipped inside scikit-learn, found without importing it."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
-    return path if os.path.exists(path) else None
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 8×8 handwritten digits shipped with scikit-learn (1797 examples, 10 classes).
-
-    The data file is read straight from the scikit-learn package (importing
-    ``sklearn.datasets`` costs a second of start-up); if the file is not where
-    it is expected, ``sklearn.datasets.load_digits`` is used.
-
-    Returns:
-      ``(x, y)``: x float32 of shape (1797, 64) scaled to [0, 1], y int32 labels 0–9.
-
-    Example:
-        >>> x, y = fnn.data.load_digits()
-    """
-    path = _sklearn_file("digits.csv.gz")
-    if path is not None:
-        table = np.loadtxt(path, delimiter=",")
-        data, target = table[:, :-1], table[:, -1]
-    else:
-        digits = _sklearn("load_digits").load_digits()
-        data, target = digits.data, digits.target
-    return (data / 16.0).astype(np.float32), target.astype(np.int32)
-
-
-def load_iris() -> tuple[np.ndarray, np.ndarray]:
-    """Fisher's iris data shipped with scikit-learn (150 examples, 4 features, 3 classes).
-
-    Example:
-        >>> x, y = fnn.data.load_iris()
-    """
-    iris = _sklearn("load_iris").load_iris()
-    return iris.data.astype(np.float32), iris.target.astype(np.int32)
-
-
-DATASETS = {"digits": load_digits, "iris": load_iris}
+__all__ = [
+    "DATASETS", "DownloadError", "Preprocessor", "batch_indices", "batches", "center",
+    "load_digits", "load_fashion_mnist", "load_iris", "load_mnist", "pca_whiten", "standardize",
+    "train_val_split", "zca_whiten",
+]

@@ -29,7 +29,7 @@ PARSE_ERRORS = [
     (["--seed", "1.5"], "--seed"),
     (["--optimizer", "lion"], "--optimizer"),
     (["--optimizers", "adam"], "--optimizers"),
-    (["--dataset", "mnist"], "--dataset"),
+    (["--dataset", "cifar10"], "--dataset"),
     (["--preprocess", "whiten"], "--preprocess"),
     (["--no-plot", "--output", "curves.png"], "--output"),
     (["search", "--trials", "0"], "--trials"),
