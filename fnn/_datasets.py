@@ -190,7 +190,10 @@ def load_iris() -> tuple[np.ndarray, np.ndarray]:
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     """The cache directory: ``cache_dir``, else $FNN_DATA_DIR, else the XDG cache's fnn/datasets."""
     if cache_dir is not None:
-        return Path(os.fspath(cache_dir)).expanduser()
+        text = os.fspath(cache_dir)
+        if not str(text).strip():
+            raise ValueError("cache_dir is empty; give a directory, or None for the default.")
+        return Path(text).expanduser()
     value = os.environ.get(DATA_DIR_ENV, "")
     if value:
         return Path(value).expanduser()
@@ -287,11 +290,12 @@ def _download(url: str, file: Any, expected: str, description: str, progress: bo
         if total is not None and total > _MAX_BYTES:
             raise _MirrorFailed(f"refused: {total} bytes announced, more than any such file")
         digest, received = hashlib.sha256(), 0
+        read = getattr(response, "read1", response.read)  # read1: whatever has arrived
         bar = _progress_bar(progress, total, description)
         try:
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = read(_CHUNK)
                 except _NETWORK_ERRORS as error:
                     of = f" of {total}" if total is not None else ""
                     raise _MirrorFailed(f"connection lost after {received}{of} bytes "

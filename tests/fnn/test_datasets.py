@@ -43,8 +43,10 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drop: set[str] = set()
+        self.stall: set[str] = set()
         self.barrier: tuple[str, threading.Barrier] | None = None
         self.hits: collections.Counter = collections.Counter()
+        self.release = threading.Event()  # ends the stalled responses
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +67,11 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if self.path in server.stall:  # half the body, then silence
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    server.release.wait(30)
+                    return
                 if self.path in server.drop:
                     self.wfile.write(body[:len(body) // 2])
                     self.wfile.flush()
@@ -81,6 +88,7 @@ class Server:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{prefix}/"
 
     def close(self):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -224,6 +232,36 @@ def test_a_connection_dropped_mid_file_fails_the_mirror_and_leaves_no_file(serve
     assert listing(tmp_path) == []
 
 
+def test_a_stalled_mirror_times_out_and_the_next_is_tried(server, monkeypatch, tmp_path):
+    arrays, files = make_files()
+    publish(monkeypatch, server, files, prefix="slow")
+    publish(monkeypatch, server, files, mirrors=(server.base("slow"), server.base("a")))
+    server.stall.add(f"/slow/{TEST[0]}")
+    monkeypatch.setattr(_datasets, "_TIMEOUT", 0.3)
+    x, _ = data.load_mnist("test", cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(x * 255, arrays["test"][0].reshape(-1, 784))
+    assert server.hits[f"/a/{TEST[0]}"] == 1
+    assert listing(tmp_path) == sorted(f"mnist/{f}" for f in TEST)
+
+    server.files.pop(f"/a/{TEST[0]}")  # now the only copy stalls
+    (tmp_path / "mnist" / TEST[0]).unlink()
+    with pytest.raises(data.DownloadError) as caught:
+        data.load_mnist("test", cache_dir=tmp_path, progress=False)
+    size, message = len(files[TEST[0]]), str(caught.value)
+    assert (f"{server.base('slow')}{TEST[0]}: connection lost after {size // 2} of {size} bytes "
+            "(timed out after 0.3 s)") in message, message
+    assert f"{server.base('a')}{TEST[0]}: HTTP 404" in message, message
+
+
+def test_a_mirror_sending_too_much_is_refused(server, monkeypatch, tmp_path):
+    _, files = make_files()
+    publish(monkeypatch, server, files)
+    monkeypatch.setattr(_datasets, "_MAX_BYTES", 1000)
+    with pytest.raises(data.DownloadError, match="refused: .* bytes announced"):
+        data.load_mnist("test", cache_dir=tmp_path, progress=False)
+    assert listing(tmp_path) == []
+
+
 def test_offline_names_every_url_the_cache_directory_and_the_fix(server, monkeypatch, tmp_path):
     _, files = make_files()
     mirrors = (closed_port_base(), closed_port_base().replace("/mnist/", "/other/"))
@@ -302,6 +340,11 @@ def test_a_read_only_cache_with_valid_files_is_enough(server, monkeypatch, tmp_p
     finally:
         os.chmod(tmp_path / "mnist", 0o755)
     np.testing.assert_array_equal(y, arrays["test"][1])
+
+
+def test_an_empty_cache_dir_is_refused():
+    with pytest.raises(ValueError, match="cache_dir is empty"):
+        data.load_mnist(cache_dir="", progress=False)
 
 
 @pytest.mark.parametrize("split", ["validation", "Train", "", None, 0, ["train"]])
