@@ -61,7 +61,9 @@ class LogUniform(NamedTuple):
 
     def sample(self, key: jax.Array, n: int) -> list[float]:
         exponents = np.asarray(jax.random.uniform(key, (n,), jnp.float32), np.float64)
-        return [float(math.exp(math.log(self.low) + e * math.log(self.high / self.low)))
+        # exp(log(x)) need not round-trip: clamp, so no sample falls outside [low, high]
+        return [min(self.high, max(self.low, math.exp(math.log(self.low)
+                                                      + e * math.log(self.high / self.low))))
                 for e in exponents]
 
     def grid(self, points: int) -> list[float]:
@@ -72,7 +74,8 @@ class LogUniform(NamedTuple):
         width = (max(logs) - min(logs)) or math.log(self.high / self.low) * margin
         low = max(math.log(self.low), min(logs) - margin * width)
         high = min(math.log(self.high), max(logs) + margin * width)
-        return LogUniform(math.exp(low), math.exp(high))
+        # clip after exp too: exp(log(high)) may round above high
+        return LogUniform(max(self.low, math.exp(low)), min(self.high, math.exp(high)))
 
 
 class Integers(NamedTuple):

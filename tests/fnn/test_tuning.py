@@ -21,6 +21,20 @@ def test_log_uniform_is_uniform_in_the_exponent():
     assert np.mean(linear < 1e-2) < 0.15  # a linear scale almost never samples small rates
 
 
+def test_log_uniform_refine_and_samples_stay_inside_the_original_range_after_rounding():
+    """exp(log(0.1)) rounds to 0.10000000000000002: a refined space (or a sample at the top of
+    the range) must still be clipped to the old bounds exactly."""
+    space = tuning.log_uniform(1e-5, 1e-1)
+    assert math.exp(math.log(1e-1)) > 1e-1  # the rounding this guards against
+    fine = space.around([0.05, 0.1], margin=0.5)
+    assert space.low <= fine.low and fine.high <= space.high
+    assert fine.high == 1e-1
+    wide = space.around([1e-5, 1e-1], margin=0.5)
+    assert (wide.low, wide.high) == (1e-5, 1e-1)
+    edge = tuning.log_uniform(1e-5, 1e-1).around([1e-3], margin=10.0)
+    assert edge.high <= 1e-1 and edge.low >= 1e-5
+
+
 def test_other_dimensions():
     ints = tuning.integers(2, 5).sample(jax.random.key(1), 500)
     assert set(ints) == {2, 3, 4, 5}
