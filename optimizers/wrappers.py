@@ -108,7 +108,7 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
         chosen = iter(jax.tree_util.tree_leaves(inner_updates))
         freeze = _applies_learning_rate(state.inner)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
-        merged = [next(chosen) if k else jnp.zeros_like(g) if freeze else g
+        merged = [next(chosen) if k else jnp.full_like(g, -0.0) if freeze else g
                   for g, k in zip(leaves, keep)]
         return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
 
