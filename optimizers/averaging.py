@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._base import Optimizer, check_same_structure, from_rule
+from ._base import Optimizer, apply_updates, check_same_structure, from_rule
 from .hyperparams import _groups, _wrapped_field
 
 
@@ -32,7 +32,8 @@ def ema(decay: Any = 0.999, debias: bool = True, moment_dtype: Any = None) -> Op
     """Keeps an exponential moving average of the params; passes the updates through.
 
     Put it last in a chain: it sees the params p and the chain's final updates u,
-    so the params after the step are p + u, and after step t
+    so the params after the step are p + u (as ``apply_updates`` computes them, in
+    the param dtype), and after step t
 
       debias=True:  a_t = Σₖ (1 − d) dᵗ⁻ᵏ (p + u)ₖ / (1 − dᵗ)  (an average of the
                     params after steps 1…t: weights summing to 1);
@@ -65,8 +66,8 @@ def ema(decay: Any = 0.999, debias: bool = True, moment_dtype: Any = None) -> Op
         keep = 1 - decay
         weight = keep / (1 - decay ** count.astype(decay.dtype)) if debias else keep
 
-        def leaf(u, p, average):
-            return u, (average + weight * (p + u - average),)
+        def leaf(u, new_p, average):  # new_p: apply_updates(params, u), in the param dtype
+            return u, (average + weight * (new_p - average),)
         return leaf
 
     base = from_rule("ema", rule, EmaState, {"decay": decay}, moments=("average",),
@@ -78,7 +79,14 @@ def ema(decay: Any = 0.999, debias: bool = True, moment_dtype: Any = None) -> Op
                                          state.average)
         return state._replace(average=average)
 
-    return Optimizer(init, base.update)
+    def update(updates: Any, state: EmaState, params: Any = None, **extra) -> tuple:
+        if params is None:
+            raise ValueError("ema.update needs the params: call update(grads, state, params).")
+        # the params after this step, exactly as apply_updates makes them (rounded to the param
+        # dtype; a one-pass kernel's own result), so the average is of params that existed
+        return base.update(updates, state, apply_updates(params, updates), **extra)
+
+    return Optimizer(init, update)
 
 
 def _ema_states(state: Any, path: tuple = ()):
