@@ -226,8 +226,15 @@ def partition(transforms: Mapping[str, Optimizer], labels: Any) -> Optimizer:
         for name, tx in transforms.items():
             keep = [label == name for label in leaf_label]
             inner_params = None if params is None else _mask.select(params, keep)
-            inner, new_groups[name] = tx.update(_mask.select(grads, keep), state.groups[name],
-                                                inner_params, **extra)
+            try:
+                inner, new_groups[name] = tx.update(_mask.select(grads, keep), state.groups[name],
+                                                    inner_params, **extra)
+            except ValueError as error:
+                raise ValueError(
+                    f"partition.update: group {name!r}: {error}\nIf the labels now give this "
+                    "group other leaves than when the state was made, make a new state with "
+                    "tx.init(params) (or keep the labels)."
+                ) from error
             chosen = iter(jax.tree_util.tree_leaves(inner))
             for i, k in enumerate(keep):
                 if k:

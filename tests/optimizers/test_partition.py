@@ -278,3 +278,13 @@ def test_masked_leaves_of_an_optimizer_stay_bit_identical_too():
     updates, _ = tx.update(grads_at(params, 0), tx.init(params), params)
     new = opt.apply_updates(params, updates)
     np.testing.assert_array_equal(bits(new["backbone"]["b"]), bits(params["backbone"]["b"]))
+
+
+def test_labels_changed_since_init_name_the_group():
+    params = model()
+    state = opt.partition({"backbone": opt.freeze(), "head": opt.adam(0.1)}, LABELS).init(params)
+    moved = opt.partition({"backbone": opt.freeze(), "head": opt.adam(0.1)},
+                          {"backbone": "head", "head": "head"})
+    with pytest.raises(ValueError, match="(?s)partition.update: group 'head': adam.update: the "
+                                         "structure of grads does not match.*tx.init"):
+        moved.update(grads_at(params, 0), state, params)
