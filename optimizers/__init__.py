@@ -20,6 +20,12 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
   :mod:`optimizers.schedules`).
 * Updates keep the param dtype; hyperparameters and moments are float32 at least
   (float64 for float64 params); low-precision leaves are computed in float32.
+* Scale-free building blocks (``scale_by_adam``, ``scale_by_rms``,
+  ``scale_by_momentum``, ``scale_by_lion``, ``scale_by_trust_ratio``, ``scale``,
+  ``scale_by_learning_rate``) compose with :func:`chain` into new optimizers
+  (``lamb``, ``lion``); :func:`partition` gives groups of params their own
+  optimizers (``freeze()`` freezes a group); :func:`ema` keeps an average of the
+  params (:func:`averaged_params`).
 * On the CPU, large float32 leaves of Adam/AdamW, Momentum, AdaGrad and RMSProp
   are stepped in one pass by ``jax.ffi`` kernels (:mod:`optimizers._fused`);
   the numbers are those of the plain rule to float32 rounding.
@@ -29,9 +35,25 @@ from . import schedules
 from ._base import Optimizer, apply_updates, chain, from_rule
 from .adagrad import AdagradState, adagrad
 from .adam import AdamState, adam, adamw
+from .averaging import EmaState, averaged_params, ema
+from .composed import lamb, lion
 from .hyperparams import hyperparams, set_hyperparams
 from .packing import Packed, pack, unpack
+from .partition import FreezeState, PartitionState, freeze, partition
 from .rmsprop import RmspropState, rmsprop
+from .scale import (
+    ScaleByAdamState,
+    ScaleByLionState,
+    ScaleByMomentumState,
+    ScaleByRmsState,
+    scale,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_momentum,
+    scale_by_rms,
+    scale_by_trust_ratio,
+)
 from .sgd import MomentumState, SgdState, momentum, sgd
 from .transforms import TransformState, add_decayed_weights, clip, clip_by_global_norm, global_norm
 from .wrappers import (
@@ -52,4 +74,9 @@ __all__ = [
     "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip",
     "clip_by_global_norm", "from_rule", "global_norm", "hyperparams", "masked", "momentum",
     "rmsprop", "schedules", "set_hyperparams", "sgd", "skip_nonfinite", "switch", "SwitchState",
+    # building blocks, per-group optimizers, parameter averaging
+    "EmaState", "FreezeState", "PartitionState", "ScaleByAdamState", "ScaleByLionState",
+    "ScaleByMomentumState", "ScaleByRmsState", "averaged_params", "ema", "freeze", "lamb", "lion",
+    "partition", "scale", "scale_by_adam", "scale_by_learning_rate", "scale_by_lion",
+    "scale_by_momentum", "scale_by_rms", "scale_by_trust_ratio",
 ]

@@ -32,6 +32,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "weight_decay": (0.0, INF, True, False),
     "max_norm": (0.0, INF, False, False),
     "max_delta": (0.0, INF, False, False),
+    "eps_root": (0.0, INF, True, False),
+    "step_size": (-INF, INF, False, False),  # any finite number (scale's factor)
+    "min_norm": (0.0, INF, True, False),
+    "trust_coefficient": (0.0, INF, True, False),
 }
 
 

@@ -3,8 +3,12 @@
 Every optimizer state built by :func:`optimizers.from_rule` holds its numeric
 hyperparameters as scalar arrays in ``state.hyperparams`` (settable) and, for
 those that follow a schedule, the value used by the last step in
-``state.scheduled`` (read-only: the schedule recomputes it every step). Chains
-and wrappers hold such states inside them; these functions find them.
+``state.scheduled`` (read-only: the schedule recomputes it every step). Chains,
+wrappers and :func:`optimizers.partition` hold such states inside them; these
+functions find them. A *link* names one of them: an int is a chain's (or a
+switch's) link, a str is a partition's group, and a tuple is a path through
+nested ones (``(1, "head")``: group ``"head"`` of a partition that is link 1 of
+a chain).
 
 Which value a step uses when the optimizer passed to ``update`` and the state
 disagree (:func:`used_values`): **the optimizer's own value, unless the state's
@@ -28,7 +32,7 @@ import jax.numpy as jnp
 
 from . import _validate
 
-Link = int | tuple[int, ...] | None
+Link = int | str | tuple[int | str, ...] | None
 
 
 def _describe(fixed: Any, scheduled: Any) -> str:
@@ -100,37 +104,82 @@ def _wrapped_field(state: Any) -> str | None:
     return "inner" if "inner" in fields else "states" if "states" in fields else None
 
 
+def _groups(state: Any) -> dict | None:
+    """The groups of a partition's state (``PartitionState.groups``, label -> state), else None."""
+    fields = getattr(state, "_fields", ())
+    if "groups" in fields and isinstance(state.groups, dict) and not _is_owner(state):
+        return state.groups
+    return None
+
+
 def _owners(state: Any, path: tuple = ()):
     """Yields (link path, state) for every hyperparameter-holding state inside ``state``."""
     field = _wrapped_field(state)
+    groups = _groups(state)
     if _is_owner(state):
         yield path, state
     elif field is not None:
         yield from _owners(getattr(state, field), path)
+    elif groups is not None:  # a partition: each group is a link named by its label
+        for label, group in groups.items():
+            yield from _owners(group, path + (label,))
     elif type(state) is tuple:  # a chain's state
         for i, link in enumerate(state):
             yield from _owners(link, path + (i,))
 
 
+def _describe_node(node: Any) -> str:
+    if type(node) is tuple:
+        return f"a chain of {len(node)} links"
+    if _groups(node) is not None:
+        return f"a partition with groups {sorted(_groups(node))}"
+    return "no chain or partition"
+
+
 def _select_link(state: Any, link: Link) -> tuple[Any, tuple]:
     if link is None:
         return state, ()
-    path = (link,) if isinstance(link, int) else tuple(link)
+    path = (link,) if isinstance(link, (int, str)) else tuple(link)
     current = state
     for depth, i in enumerate(path):
         current = _unwrap(current)
-        if type(current) is not tuple or not 0 <= i < len(current):
-            found = f"a chain of {len(current)} links" if type(current) is tuple else "no chain"
-            raise ValueError(
-                f"link={link!r} does not name a link of this state: at depth {depth} "
-                f"there is {found}."
-            )
-        current = current[i]
+        groups = _groups(current)
+        if isinstance(i, str) and groups is not None and i in groups:
+            current = groups[i]
+            continue
+        if (isinstance(i, int) and not isinstance(i, bool) and type(current) is tuple
+                and 0 <= i < len(current)):
+            current = current[i]
+            continue
+        hint = ""
+        if isinstance(i, str):
+            where = [p for p in _group_paths(state) if p[-1] == i]
+            if where:
+                hint = f" The group {i!r} is at link={where[0]!r}."
+        raise ValueError(
+            f"link={link!r} does not name a link of this state: at depth {depth} there is "
+            f"{_describe_node(current)}, and {i!r} is not one of its "
+            f"{'links' if type(current) is tuple else 'groups'}.{hint}"
+        )
     return current, path
 
 
+def _group_paths(state: Any, path: tuple = ()) -> list[tuple]:
+    """The link paths of every partition group inside ``state`` (for error messages)."""
+    state = _unwrap(state)
+    groups = _groups(state)
+    if groups is not None:
+        out = []
+        for label, group in groups.items():
+            out += [path + (label,)] + _group_paths(group, path + (label,))
+        return out
+    if type(state) is tuple:
+        return [p for i, link in enumerate(state) for p in _group_paths(link, path + (i,))]
+    return []
+
+
 def _unwrap(state: Any) -> Any:
-    """The chain-like tuple inside wrappers (``inner``) and switches (``states``)."""
+    """The chain-like tuple or partition inside wrappers (``inner``) and switches (``states``)."""
     while (field := _wrapped_field(state)) is not None:
         state = getattr(state, field)
     return state
@@ -146,7 +195,8 @@ class Hyperparams(dict):
     def __missing__(self, name: str):
         if name in self._ambiguous:
             raise KeyError(
-                f"{name!r} is a hyperparameter of several links of this chain "
+                f"{name!r} is a hyperparameter of several links of this chain or groups of this "
+                f"partition "
                 f"({', '.join(map(str, self._ambiguous[name]))}); pass link=… to "
                 "optimizers.hyperparams to say which."
             )
@@ -161,12 +211,14 @@ def hyperparams(state: Any, link: Link = None) -> Hyperparams:
 
     Args:
       state: an optimizer state (also a chain's or a wrapper's).
-      link: for a chain, the index (or path of indices for nested chains) of the
-        link to read; None reads all links, and a name owned by two links must
+      link: which part of a chain or partition to read: a chain's link index, a
+        partition's group label, or a path of them for nested ones (``(1,
+        "head")``); None reads all links, and a name owned by two links must
         then be read with ``link=``.
 
     Example:
         >>> optimizers.hyperparams(state)["learning_rate"]
+        >>> optimizers.hyperparams(state, "head")["learning_rate"]   # a partition's group
     """
     state, base = _select_link(state, link)
     values, owners = {}, {}
@@ -192,11 +244,13 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
 
     Args:
       state: an optimizer state (also a chain's or a wrapper's).
-      link: for a chain, which link's hyperparameters to set (see :func:`hyperparams`).
+      link: which link of a chain or group of a partition to set (an int, a label,
+        or a path of them; see :func:`hyperparams`).
       **values: new values by name, e.g. ``learning_rate=1e-4``.
 
     Example:
         >>> state = optimizers.set_hyperparams(state, learning_rate=1e-4)
+        >>> state = optimizers.set_hyperparams(state, "head", learning_rate=1e-2)  # one group
         >>> # many models in one program: one state per learning rate
         >>> states = jax.vmap(lambda lr: optimizers.set_hyperparams(tx.init(params),
         ...                                                           learning_rate=lr))(lrs)
@@ -264,6 +318,9 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
             return node._replace(hyperparams=new, overridden=overridden)
         if field is not None:
             return node._replace(**{field: rebuild(getattr(node, field), path)})
+        if _groups(node) is not None:
+            return node._replace(groups={label: rebuild(group, path + (label,))
+                                         for label, group in node.groups.items()})
         if type(node) is tuple:
             return tuple(rebuild(child, path + (i,)) for i, child in enumerate(node))
         return node
@@ -279,5 +336,9 @@ def _replace_at(state: Any, path: tuple, new: Any) -> Any:
     field = _wrapped_field(state)
     if field is not None:
         return state._replace(**{field: _replace_at(getattr(state, field), path, new)})
+    if _groups(state) is not None:
+        label = path[0]
+        return state._replace(groups={**state.groups,
+                                      label: _replace_at(state.groups[label], path[1:], new)})
     i = path[0]
     return state[:i] + (_replace_at(state[i], path[1:], new),) + state[i + 1:]

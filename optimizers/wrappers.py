@@ -57,15 +57,23 @@ def _applies_learning_rate(state: Any) -> bool:
 def masked(tx: Optimizer, mask: Any) -> Optimizer:
     """Applies ``tx`` only to the leaves where ``mask`` is True.
 
+    To freeze params, or to give groups of params their own optimizers or
+    learning rates, use :func:`optimizers.partition` with
+    :func:`optimizers.freeze` (e.g. ``partition({"frozen": freeze(), "train":
+    adam(1e-3)}, labels)``): the documented way, which keeps no state for the
+    frozen leaves and names each group's hyperparameters. ``masked`` is for
+    applying a transform (clipping, decay) to some leaves inside a chain.
+
     Update, where the mask is True: u = tx(g). Where it is False:
 
     * u = g (passed through) when ``tx`` is a gradient transform, one with no
       learning rate (clipping, ``add_decayed_weights``): a chain's later
       optimizer then steps those leaves as usual (optax's ``masked`` does the same);
-    * u = 0 (the leaf is frozen) when ``tx`` is an optimizer that applies −η
-      itself, i.e. its state holds a ``learning_rate`` (``adam``, ``sgd``, a chain
-      ending in one): passing g through would make ``apply_updates`` do p + g, a
-      step *up* the gradient with rate 1.
+    * u = 0 when ``tx`` is an optimizer that applies −η itself, i.e. its state
+      holds a ``learning_rate`` (``adam``, ``sgd``, a chain ending in one):
+      passing g through would make ``apply_updates`` do p + g, a step *up* the
+      gradient with rate 1. Those leaves do not move (optax's ``masked`` would
+      pass g through).
 
     ``tx`` keeps state only for the selected leaves; it sees the user's tree with
     an empty :class:`MaskedNode` in place of the others (``None`` leaves stay
@@ -83,7 +91,6 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
         >>> is_weight = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
         >>> decay = optimizers.masked(optimizers.add_decayed_weights(1e-4), is_weight)
         >>> tx = optimizers.chain(decay, optimizers.sgd(0.1))
-        >>> frozen_biases = optimizers.masked(optimizers.adam(1e-3), is_weight)  # u = 0 on biases
     """
     check_optimizer("masked", "tx", tx)
 
@@ -101,7 +108,7 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
         chosen = iter(jax.tree_util.tree_leaves(inner_updates))
         freeze = _applies_learning_rate(state.inner)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
-        merged = [next(chosen) if k else jnp.zeros_like(g) if freeze else g
+        merged = [next(chosen) if k else jnp.full_like(g, -0.0) if freeze else g
                   for g, k in zip(leaves, keep)]
         return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
 
