@@ -37,7 +37,7 @@ from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _native
+from . import _native, _vma
 from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; tests ask available()
 
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
@@ -178,10 +178,17 @@ def _one_pass(target: str, reference, moments: int):
         return reference(coef, *args[1:]), (True,) * outputs
 
     @jax.custom_jvp
-    def step(coef, g, p, *state):
+    def differentiable(coef, g, p, *state):
         return kernel_or_reference(coef, g, p, *state)
 
-    step.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    differentiable.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+
+    def step(coef, g, p, *state):
+        # Inside shard_map every output varies over the manual axes that any input varies
+        # over (the formula is elementwise), and both branches of platform_dependent must
+        # say so: the kernel's outputs are typed like p, so give every operand that type.
+        return differentiable(*_vma.varying_alike(coef, g, p, *state))
+
     return step
 
 
