@@ -19,6 +19,19 @@ next to p, Sterbenz) and remembers the pair; :func:`optimizers.apply_updates`
 given that update and that param returns ``p_new`` itself, so inside one jit
 the subtraction and the re-add are dead code and the step is one pass.
 
+Sharded params: under ``jax.jit`` with sharded arrays, the kernel call is wrapped in
+``custom_partitioning`` (elementwise: each device steps its own shard, nothing is
+gathered). Inside ``jax.shard_map`` each device's leaves are its local blocks, so
+a leaf takes the kernel when its *block* has at least :data:`MIN_SIZE` elements,
+and the kernel steps that block in place. There every value's type also records
+the mesh axes it varies over (its vma: a param passed with ``P('d')`` varies over
+``'d'``, a replicated one does not). The formula is elementwise, so its results
+vary over the union of the operands' axes; the operands are cast to that union
+first (:func:`optimizers._vma.varying_alike`, no data moves), so the kernel's
+results, typed like ``p``, have the type ``lax.platform_dependent`` needs from
+both branches, whatever mix of sharded and replicated gradient, param and moments
+is passed, and whichever platform the program is lowered for.
+
 The kernels are compiled with the system C++ compiler when the first CPU
 program with a step is lowered, cached in ``$FNN_CACHE_DIR`` (default
 ``~/.cache/fnn``) and loaded only after ownership, mode and content-hash checks

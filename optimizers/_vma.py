@@ -17,8 +17,9 @@ it themselves:
   is counted once. This makes the result the one of the whole, unsharded tree.
 
 Outside shard_map every vma is empty and these functions return their input.
-With ``shard_map(..., check_vma=False)`` JAX records no vma either: reductions
-are then per device (the local blocks).
+With ``shard_map(..., check_vma=False)`` JAX records no vma either: a sum over
+leaves (:func:`psum_varying`) is then per device (the local blocks), while
+:func:`all_devices` still covers every device.
 """
 
 from __future__ import annotations
@@ -97,8 +98,24 @@ def psum_varying(x: jax.Array) -> jax.Array:
     return jax.lax.psum(x, axes) if axes else x
 
 
+def manual_axes(x: Any) -> tuple:
+    """The manual mesh axes of the ``shard_map`` that ``x`` is traced in (() outside one).
+
+    Unlike :func:`varying_axes` this is known with ``check_vma=False`` too.
+    """
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    axes = getattr(mesh, "manual_axes", None)
+    return tuple(axes) if axes else tuple(sorted(varying_axes(x)))
+
+
 def all_devices(flag: jax.Array) -> jax.Array:
-    """A boolean that is True only if it is True on every device it varies over."""
-    if not varying_axes(flag):
+    """A boolean that is True only if it is True on every device of the enclosing shard_map.
+
+    "False somewhere" is counted over every manual axis (a replicated flag is
+    counted K times, which changes no answer), so this holds with ``check_vma=False``
+    too, where JAX does not record which values vary.
+    """
+    axes = manual_axes(flag)
+    if not axes:
         return flag
-    return psum_varying(jnp.logical_not(flag).astype(jnp.int32)) == 0
+    return jax.lax.psum(jnp.logical_not(flag).astype(jnp.int32), axes) == 0

@@ -126,6 +126,9 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
     Update: if every gradient element is finite, (u, s) = tx.update(g, s);
     otherwise u = 0 and the state s is kept as it was (only ``skipped`` grows).
     Params and optimizer state are therefore never touched by a NaN/Inf gradient.
+    Inside ``jax.shard_map``, where each device holds a block of the gradients, the
+    test covers every block (a scalar all-reduce over the mesh's manual axes): all
+    devices skip together, so they keep one step count and state.
 
     Example:
         >>> tx = optimizers.skip_nonfinite(optimizers.adam(1e-3))

@@ -17,5 +17,6 @@ DEVICES = 8
 if jax.device_count() != DEVICES:
     raise RuntimeError(
         f"tests/multidevice needs {DEVICES} devices but JAX sees {jax.device_count()} "
-        f"({jax.devices()}); run it with XLA_FLAGS=--xla_force_host_platform_device_count="
-        f"{DEVICES} set before JAX starts (tests/test_multidevice.py does), on the CPU backend.")
+        f"({jax.devices()}); run it with FNN_MULTIDEVICE=1 and XLA_FLAGS=--xla_force_host_"
+        f"platform_device_count={DEVICES} set before JAX starts, on the CPU backend "
+        "(tests/test_multidevice.py does both).")

@@ -104,7 +104,7 @@ def grads_of_step(i, params):
     return grads
 
 
-def sharded_and_reference(name, init_inside=False):
+def sharded_and_reference(name, init_inside=False, check_vma=True):
     """(sharded run, one-device run, lowered sharded step) of STEPS steps of CASES[name]."""
     tx = CASES[name][0]()
     params = make_params()
@@ -118,7 +118,7 @@ def sharded_and_reference(name, init_inside=False):
         return opt.apply_updates(p, updates), s
 
     sharded = jax.jit(jax.shard_map(step, mesh=MESH, in_specs=(PARAM_SPECS, PARAM_SPECS, specs),
-                                    out_specs=(PARAM_SPECS, specs)))
+                                    out_specs=(PARAM_SPECS, specs), check_vma=check_vma))
     if init_inside:  # the state made inside shard_map: its moments do not vary yet
         made = jax.jit(jax.shard_map(tx.init, mesh=MESH, in_specs=(PARAM_SPECS,),
                                      out_specs=specs))(put(params, PARAM_SPECS))
@@ -169,6 +169,15 @@ def test_state_made_inside_shard_map(name):
     (p, s), (p_ref, s_ref), _ = sharded_and_reference(name, init_inside=True)
     assert_trees_close(p, p_ref)
     assert_trees_close(s, s_ref)
+
+
+def test_skip_nonfinite_without_vma_checks():
+    """With check_vma=False JAX records no varying axes; the NaN in one device's block must
+    still make every device skip (else their step counts and states would drift apart)."""
+    (p, s), (p_ref, s_ref), _ = sharded_and_reference("skip_nonfinite", check_vma=False)
+    assert_trees_close(p, p_ref)
+    assert_trees_close(s, s_ref)
+    assert int(s.skipped) == 1
 
 
 @pytest.mark.parametrize("name", ["momentum", "adagrad", "rmsprop", "adam", "adamw",
