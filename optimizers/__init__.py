@@ -29,6 +29,10 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
 * On the CPU, large float32 leaves of Adam/AdamW, Momentum, AdaGrad and RMSProp
   are stepped in one pass by ``jax.ffi`` kernels (:mod:`optimizers._fused`);
   the numbers are those of the plain rule to float32 rounding.
+* Every optimizer and wrapper also steps inside ``jax.shard_map`` on each
+  device's blocks of sharded params (the kernels included); reductions over
+  all leaves (``global_norm``, ``skip_nonfinite``'s test) then cover the whole,
+  unsharded tree, so the result is the one of a single device.
 """
 
 from . import schedules

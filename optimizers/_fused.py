@@ -19,6 +19,19 @@ next to p, Sterbenz) and remembers the pair; :func:`optimizers.apply_updates`
 given that update and that param returns ``p_new`` itself, so inside one jit
 the subtraction and the re-add are dead code and the step is one pass.
 
+Sharded params: under ``jax.jit`` with sharded arrays, the kernel call is wrapped in
+``custom_partitioning`` (elementwise: each device steps its own shard, nothing is
+gathered). Inside ``jax.shard_map`` each device's leaves are its local blocks, so
+a leaf takes the kernel when its *block* has at least :data:`MIN_SIZE` elements,
+and the kernel steps that block in place. There every value's type also records
+the mesh axes it varies over (its vma: a param passed with ``P('d')`` varies over
+``'d'``, a replicated one does not). The formula is elementwise, so its results
+vary over the union of the operands' axes; the operands are cast to that union
+first (:func:`optimizers._vma.varying_alike`, no data moves), so the kernel's
+results, typed like ``p``, have the type ``lax.platform_dependent`` needs from
+both branches, whatever mix of sharded and replicated gradient, param and moments
+is passed, and whichever platform the program is lowered for.
+
 The kernels are compiled with the system C++ compiler when the first CPU
 program with a step is lowered, cached in ``$FNN_CACHE_DIR`` (default
 ``~/.cache/fnn``) and loaded only after ownership, mode and content-hash checks
@@ -37,7 +50,7 @@ from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _native
+from . import _native, _vma
 from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; tests ask available()
 
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
@@ -178,10 +191,17 @@ def _one_pass(target: str, reference, moments: int):
         return reference(coef, *args[1:]), (True,) * outputs
 
     @jax.custom_jvp
-    def step(coef, g, p, *state):
+    def differentiable(coef, g, p, *state):
         return kernel_or_reference(coef, g, p, *state)
 
-    step.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    differentiable.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+
+    def step(coef, g, p, *state):
+        # Inside shard_map every output varies over the manual axes that any input varies
+        # over (the formula is elementwise), and both branches of platform_dependent must
+        # say so: the kernel's outputs are typed like p, so give every operand that type.
+        return differentiable(*_vma.varying_alike(coef, g, p, *state))
+
     return step
 
 

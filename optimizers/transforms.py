@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _vma
 from ._base import Optimizer, from_rule
 
 
@@ -18,18 +19,31 @@ class TransformState(NamedTuple):
 
 
 def global_norm(tree: Any) -> jax.Array:
-    """‖g‖ = √(Σ over all leaves and elements of g²), accumulated in float32 or wider."""
+    """‖g‖ = √(Σ over all leaves and elements of g²), accumulated in float32 or wider.
+
+    Inside ``jax.shard_map`` it is the norm of the whole tree, the same on every
+    device: a leaf that varies over mesh axes (e.g. passed with ``P('d')``) is one
+    block of an array split over them, so its Σg² is summed over those axes
+    (``psum``); a replicated leaf is counted once. (With ``check_vma=False`` JAX
+    does not record which leaves vary: the norm is then the local blocks'.)
+
+    Example:
+        >>> optimizers.global_norm({"w": jnp.ones(4), "b": jnp.ones(5)})   # 3.0
+    """
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
     dtype = jnp.result_type(*[jnp.promote_types(jnp.result_type(x), jnp.float32) for x in leaves])
-    return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, dtype))) for x in leaves))
+    return jnp.sqrt(sum(_vma.psum_varying(jnp.sum(jnp.square(jnp.asarray(x, dtype))))
+                        for x in leaves))
 
 
 def clip_by_global_norm(max_norm: Any) -> Optimizer:
     """Rescales all gradients together so that their global norm is at most ``max_norm``.
 
-    Update: g ← g · min(1, c / ‖g‖), with ‖g‖ the norm over every leaf.
+    Update: g ← g · min(1, c / ‖g‖), with ‖g‖ the norm over every leaf
+    (:func:`global_norm`; inside ``jax.shard_map`` that of the whole, unsharded
+    tree, so every device scales by the same factor as one device would).
 
     Args:
       max_norm: c > 0, a number or a schedule.

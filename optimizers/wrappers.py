@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _mask
+from . import _mask, _vma
 from ._base import (
     Optimizer,
     check_optimizer,
@@ -133,6 +133,9 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
     Update: if every gradient element is finite, (u, s) = tx.update(g, s);
     otherwise u = 0 and the state s is kept as it was (only ``skipped`` grows).
     Params and optimizer state are therefore never touched by a NaN/Inf gradient.
+    Inside ``jax.shard_map``, where each device holds a block of the gradients, the
+    test covers every block (a scalar all-reduce over the mesh's manual axes): all
+    devices skip together, so they keep one step count and state.
 
     Example:
         >>> tx = optimizers.skip_nonfinite(optimizers.adam(1e-3))
@@ -145,7 +148,9 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
 
     def update(grads, state, params=None, **extra):
         _check_state("skip_nonfinite", state, SkipNonfiniteState)
-        finite = _all_finite(grads)
+        # Inside shard_map each device sees its block of the gradients: every device
+        # skips if any block is non-finite, so all keep the same step and state.
+        finite = _vma.all_devices(_all_finite(grads))
 
         def apply(_):
             return tx.update(grads, state.inner, params, **extra)
@@ -155,7 +160,8 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
         def skip(_):
             return _zeros(shapes[0]), state.inner
 
-        updates, inner = jax.lax.cond(finite, apply, skip, None)
+        branches = _vma.join_branches([skip, apply], None, (grads, state, params))
+        updates, inner = jax.lax.cond(finite, branches[1], branches[0], None)
         skipped = jnp.where(finite, state.skipped, safe_increment(state.skipped))
         return updates, SkipNonfiniteState(inner, skipped, finite)
 
@@ -206,6 +212,7 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
             return _zeros(shapes[0]), state.inner, grad_sum
 
         due = mini_step >= every
+        wait, apply = _vma.join_branches([wait, apply], None, (grads, state, params))
         updates, inner, grad_sum = jax.lax.cond(due, apply, wait, None)
         return updates, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
 
@@ -255,9 +262,10 @@ def switch(*transforms: Optimizer) -> Optimizer:
                                           shapes), states
 
         valid = (index >= 0) & (index < len(transforms))
-        updates, states = jax.lax.switch(jnp.where(valid, index, len(transforms)),
-                                         [branch(i) for i in range(len(transforms))]
-                                         + [out_of_range], state.states)
+        branches = _vma.join_branches([branch(i) for i in range(len(transforms))]
+                                      + [out_of_range], state.states, (grads, state, params))
+        updates, states = jax.lax.switch(jnp.where(valid, index, len(transforms)), branches,
+                                         state.states)
         return updates, SwitchState(state.index, states)
 
     return Optimizer(init, update)

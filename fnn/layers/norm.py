@@ -25,7 +25,8 @@ def _compute(x):
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
+def BatchNorm(decay: float = 0.9, eps: float = 1e-5,  # noqa: N802
+              axis_name: str | tuple[str, ...] | None = None) -> Layer:
     """Batch normalization (Ioffe & Szegedy 2015) over every axis but the last (features).
 
     Training: μ_B, σ²_B = mean and biased variance of the batch;
@@ -37,16 +38,50 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
     Conv2D (B, H, W, C). Params ``{"scale": γ = 1, "offset": β = 0}``, state
     ``{"mean": 0, "var": 1}``.
 
+    Batch split over devices (``axis_name``): inside ``jax.shard_map`` (or
+    ``jax.vmap(..., axis_name=...)``) each of the K devices along the named mesh
+    axis sees its own n examples. With ``axis_name`` the statistics are those of
+    the whole batch of K·n examples: μ_B = pmean(local mean) and
+    σ²_B = pmean(local mean of (x − μ_B)²) (``lax.pmean`` over the axis, two
+    passes like one device's), m = K·n·(values per feature) in the unbiased
+    factor, so outputs, running statistics (the same on every device) and
+    gradients equal one device's BatchNorm on the whole batch. Every device must
+    hold the same number of examples (shard_map and vmap ensure it). Without
+    ``axis_name`` each device normalizes by its own block. Under ``jax.jit`` with a
+    sharded batch (``fnn.train``'s ``mesh=``) the batch is one global array:
+    leave ``axis_name`` unset there. Evaluation and ``init`` communicate nothing.
+
     Args:
       decay: d in [0, 1], the weight of the old running average.
       eps: ε > 0, added to the variance inside the square root.
+      axis_name: None (one device), or the name of the mesh axis the batch is
+        split over (a str, or a tuple of str for several axes), bound by an
+        enclosing ``jax.shard_map`` or ``jax.vmap``.
 
     Example:
         >>> y, state = fnn.BatchNorm().apply(params, state, x, train=True)
+        >>> bn = fnn.BatchNorm(axis_name="data")   # batch sharded over mesh axis "data"
+        >>> step = jax.shard_map(lambda p, s, x: bn.apply(p, s, x, train=True), mesh=mesh,
+        ...                      in_specs=(P(), P(), P("data")), out_specs=(P("data"), P()))
     """
     decay = hyperparameter("BatchNorm", "decay", decay, 0.0, 1.0)
     eps = hyperparameter("BatchNorm", "eps", eps, 0.0, low_open=True)
-    name = "BatchNorm"
+    axis_name = _axis_name("BatchNorm", axis_name)
+    name = "BatchNorm" if axis_name is None else f"BatchNorm(axis_name={axis_name!r})"
+
+    def over_devices(collective, x):
+        """``collective(x, axis_name)`` (pmean, psum); x itself without an axis_name."""
+        if axis_name is None:
+            return x
+        try:
+            return collective(x, axis_name)
+        except NameError as error:
+            raise NameError(
+                f"{name}: the axis name {axis_name!r} is not bound here ({error}). Apply the "
+                f"model inside jax.shard_map over a mesh with that axis, or inside "
+                f"jax.vmap(..., axis_name={axis_name!r}); for training on one device, or under "
+                "jax.jit with a sharded batch (fnn.train's mesh=), use BatchNorm() without "
+                "axis_name.") from error
 
     def _moving(running, batch):
         return (decay * running + (1 - decay) * batch).astype(running.dtype)
@@ -70,7 +105,9 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
         x = float_input(x, params["scale"])
         xc = _compute(x)
         if train:
-            m = x.size // max(x.shape[-1], 1)  # values per feature
+            # values per feature, over every device along axis_name (equal blocks)
+            devices = over_devices(jax.lax.psum, 1)
+            m = x.size // max(x.shape[-1], 1) * devices
             if m < 2:
                 raise ValueError(
                     f"{name}: training needs more than one value per feature to estimate a "
@@ -80,8 +117,8 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
                     "fnn.data.batches) or pick a batch_size that leaves no remainder of 1; "
                     "otherwise train on larger batches. For inference on one example use "
                     "train=False (the running statistics).")
-            mean = xc.mean(axes)
-            var = jnp.mean(jnp.square(xc - mean), axes)  # biased: used to normalize
+            mean = over_devices(jax.lax.pmean, xc.mean(axes))
+            var = over_devices(jax.lax.pmean, jnp.mean(jnp.square(xc - mean), axes))  # biased
             unbiased = var * (m / (m - 1))  # kept in the running average, as torch does
             state = {"mean": _moving(state["mean"], mean), "var": _moving(state["var"], unbiased)}
         else:
@@ -90,6 +127,19 @@ def BatchNorm(decay: float = 0.9, eps: float = 1e-5) -> Layer:  # noqa: N802
         return y.astype(x.dtype), state
 
     return named(init, apply, "batchnorm", name)
+
+
+def _axis_name(owner: str, axis_name: object) -> str | tuple[str, ...] | None:
+    """None, a str, or a non-empty tuple of str (the named mesh axes); anything else is an error."""
+    if axis_name is None or isinstance(axis_name, str):
+        return axis_name
+    if (isinstance(axis_name, tuple) and axis_name
+            and all(isinstance(a, str) for a in axis_name)):
+        return axis_name
+    raise TypeError(
+        f"{owner}: axis_name must be None, the name of a mesh axis (a str, e.g. 'data') or a "
+        f"non-empty tuple of str; got {type(axis_name).__name__} {axis_name!r}. Pass the name "
+        "the enclosing jax.shard_map's mesh (or jax.vmap's axis_name) gives the batch axis.")
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
