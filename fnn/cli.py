@@ -145,6 +145,9 @@ def _common(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--preprocess", choices=list(PREPROCESSING), default="center",
                         help="input preprocessing fitted on the training split (default: center; "
                              "on digits, standardizing amplifies nearly constant pixels)")
+    parser.add_argument("--devices", type=_positive(int), default=None, metavar="N",
+                        help="train on N devices (a mesh over the first N; on the CPU, N virtual "
+                             "devices are created), each batch split over them (default: one)")
 
 
 class _FullHelp(argparse.Action):
@@ -189,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plot", action="store_true",
                      help="do not write the plot (not with --output)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.add_argument("--sharding", choices=["replicated", "fsdp"], default="replicated",
+                     help="with --devices: replicate params and optimizer state on every device, "
+                          "or split them over the devices (FSDP) (default: replicated)")
 
     search = commands.add_parser(
         "search", help="random search of learning rate and weight decay on a log scale, "
@@ -253,7 +259,10 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     start = time.perf_counter()
     abstract = jax.eval_shape(lambda: train.init_train_state(
         *init_model(model, args.seed, x_train.shape[1]), tx))
-    epoch = jax.jit(train.make_epoch(loss_fn, tx, args.batch_size), donate_argnums=(0,))
+    mesh = _mesh(args)
+    sharding = getattr(args, "sharding", "replicated") if mesh is not None else None
+    epoch = train.jit_epoch(loss_fn, tx, args.batch_size, mesh=mesh, sharding=sharding,
+                            state=abstract)
     with ThreadPoolExecutor(max_workers=1) as pool:
         compiling = pool.submit(lambda: epoch.lower(abstract, (x_train, y_train), key).compile())
         params, model_state = init_model(model, args.seed, x_train.shape[1])
@@ -271,7 +280,8 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
             state, history = train.fit(loss_fn, tx, state, (x_train, y_train), key=key,
                                        epochs=args.epochs, batch_size=args.batch_size,
                                        val_data=val, eval_fn=eval_fn, epoch_fn=compiled,
-                                       progress=not args.no_progress, description=name)
+                                       progress=not args.no_progress, description=name,
+                                       mesh=mesh, sharding=sharding)
         except FloatingPointError as error:
             raise DivergedError(f"training {run} diverged: {error} Try a smaller "
                                 "--learning-rate or --weight-decay.") from error
@@ -286,7 +296,8 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     print(f"{args.dataset}: {len(x_train)} training / {len(val[0])} validation examples "
           f"({args.preprocess}), MLP {x_train.shape[1]}-{args.hidden}-{args.hidden}-{classes} "
           f"with BatchNorm and Dropout({args.dropout:g}), batch {args.batch_size}, "
-          f"{args.epochs} epochs", file=out)
+          f"{args.epochs} epochs" + (f", {args.devices} devices ({sharding})" if mesh else ""),
+          file=out)
     print(f"{'optimizer':10} {'lr':>8} {'train loss':>10} {'val acc':>8} {'time (s)':>9} "
           f"{'steps/s':>8}", file=out)
     for r in rows:
@@ -407,7 +418,8 @@ def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     def objective(configs):
         results = tuning.parallel_fit(loss_fn, tx, state, configs, (x_train, y_train),
                                       key=jax.random.key(args.seed + 2), epochs=args.epochs,
-                                      batch_size=args.batch_size, val_data=val, eval_fn=eval_fn)
+                                      batch_size=args.batch_size, val_data=val, eval_fn=eval_fn,
+                                      mesh=_mesh(args))
         for metrics in results:  # a diverged model's accuracy is a number, but not a result
             if not math.isfinite(metrics["train_loss"]):
                 metrics["val_accuracy"] = math.nan  # ranked last, shown as nan
@@ -436,6 +448,17 @@ def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     return results
 
 
+def _mesh(args: argparse.Namespace):
+    """The mesh of ``--devices N`` (made once, before JAX starts: see ``main``), else None."""
+    if not getattr(args, "devices", None):
+        return None
+    if getattr(args, "mesh", None) is None:
+        from .sharding import device_mesh
+
+        args.mesh = device_mesh(args.devices)
+    return args.mesh
+
+
 def run_gradcheck(args: argparse.Namespace, out=None) -> bool:
     out = sys.stdout if out is None else out
     from .layer_checks import check_all_layers
@@ -455,12 +478,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command_parser
     if args.command == "train" and args.no_plot and args.output is not None:
         command.error("--output has no effect with --no-plot; drop one of them")
+    if args.command == "train" and args.sharding != "replicated" and args.devices is None:
+        command.error(f"--sharding {args.sharding} needs --devices N (N devices to split over)")
     if args.command == "search":
         for name in ("lr_range", "wd_range"):
             low, high = getattr(args, name)
             if not low < high:
                 command.error(f"--{name.replace('_', '-')} needs LOW < HIGH, got {low:g} {high:g}")
     try:
+        _mesh(args)  # first: on the CPU, --devices N creates N devices before JAX starts
         if args.command == "train":
             if not args.no_plot:
                 args.output = output_path(args.output)
