@@ -112,7 +112,8 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
         params = opt.pack(params, multiple_of=mesh.shape[batch_axis])
     abstract = TrainState(params, model_state, jax.eval_shape(tx.init, params),
                           jax.ShapeDtypeStruct((), jnp.int32))
-    placed = _sharding.state_shardings(abstract, mesh, sharding, axis=batch_axis)
+    placed = _sharding.state_shardings(abstract, mesh, sharding, axis=batch_axis,
+                                       owner="init_train_state")
     params, model_state = _sharding.place((params, model_state),
                                           (placed.params, placed.model_state))
     with jax.set_mesh(mesh):  # moments are made where they live, never whole on one device
@@ -339,7 +340,7 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
             step = plain_step
         else:
             placement = sharding if isinstance(sharding, TrainState) else \
-                _sharding.state_shardings(state, mesh, sharding, axis=batch_axis)
+                _sharding.state_shardings(state, mesh, sharding, axis=batch_axis, owner="epoch")
             state = jax.lax.with_sharding_constraint(state, placement)
             sharded = train_step_fn(loss_fn, tx, shardings=placement)
 

@@ -247,6 +247,7 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     """
     out = sys.stdout if out is None else out
     output = None if args.no_plot else output_path(args.output)  # fails now, not after training
+    mesh = _mesh(args)  # before JAX starts: on the CPU, --devices N makes N devices
     total = time.perf_counter()
     (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     names = list(DEFAULT_RATES) if args.optimizer == "all" else [args.optimizer]
@@ -259,7 +260,6 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     start = time.perf_counter()
     abstract = jax.eval_shape(lambda: train.init_train_state(
         *init_model(model, args.seed, x_train.shape[1]), tx))
-    mesh = _mesh(args)
     sharding = getattr(args, "sharding", "replicated") if mesh is not None else None
     epoch = train.jit_epoch(loss_fn, tx, args.batch_size, mesh=mesh, sharding=sharding,
                             state=abstract)
@@ -408,6 +408,7 @@ def plot_losses(histories: dict, path: str | os.PathLike) -> None:
 
 def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     out = sys.stdout if out is None else out
+    mesh = _mesh(args)  # before JAX starts: on the CPU, --devices N makes N devices
     (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     params, model_state = init_model(model, args.seed, x_train.shape[1])
     tx = make_optimizer(args.optimizer, DEFAULT_RATES[args.optimizer], 1e-4)
@@ -419,7 +420,7 @@ def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
         results = tuning.parallel_fit(loss_fn, tx, state, configs, (x_train, y_train),
                                       key=jax.random.key(args.seed + 2), epochs=args.epochs,
                                       batch_size=args.batch_size, val_data=val, eval_fn=eval_fn,
-                                      mesh=_mesh(args))
+                                      mesh=mesh)
         for metrics in results:  # a diverged model's accuracy is a number, but not a result
             if not math.isfinite(metrics["train_loss"]):
                 metrics["val_accuracy"] = math.nan  # ranked last, shown as nan

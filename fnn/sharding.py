@@ -206,11 +206,10 @@ def _prefix_rule(owner: str, specs: Any, params: Any) -> Callable:
 
 
 def param_shardings(params: Any, mesh: Mesh, sharding: Rule = "fsdp", *,
-                    axis: str = "data") -> Any:
+                    axis: str = "data", owner: str = "param_shardings") -> Any:
     """:func:`param_specs` as ``NamedSharding`` s on ``mesh``."""
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s),
-                                  param_specs(params, mesh, sharding, axis=axis,
-                                              owner="param_shardings"),
+                                  param_specs(params, mesh, sharding, axis=axis, owner=owner),
                                   is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
@@ -254,19 +253,19 @@ def opt_state_shardings(opt_state: Any, params: Any, shardings: Any, mesh: Mesh)
 
 
 def state_shardings(state: Any, mesh: Mesh, sharding: Rule = "fsdp", *,
-                    axis: str = "data") -> Any:
+                    axis: str = "data", owner: str = "state_shardings") -> Any:
     """The sharding of every leaf of a ``TrainState``, as a ``TrainState`` of ``NamedSharding``.
 
     Params by ``sharding``, optimizer state like its params
     (:func:`opt_state_shardings`), model state and step replicated. A pure
     function of the state's paths and shapes, so it works on
-    ``jax.eval_shape`` output too.
+    ``jax.eval_shape`` output too. ``owner`` names the caller in error messages.
 
     Example:
         >>> shardings = fnn.sharding.state_shardings(state, mesh, "fsdp")
         >>> state = jax.device_put(state, shardings)
     """
-    params = param_shardings(state.params, mesh, sharding, axis=axis)
+    params = param_shardings(state.params, mesh, sharding, axis=axis, owner=owner)
     replicated = NamedSharding(mesh, PartitionSpec())
     return state._replace(
         params=params,
@@ -299,10 +298,7 @@ def resolve(owner: str, state: Any, mesh: Mesh, sharding: Rule, axis: str) -> An
         sharding = specs_on(state.params, mesh)
         if sharding is None:
             sharding = "replicated"
-    try:
-        return state_shardings(state, mesh, sharding, axis=axis)
-    except (TypeError, ValueError) as error:
-        raise type(error)(str(error).replace("state_shardings", owner, 1)) from None
+    return state_shardings(state, mesh, sharding, axis=axis, owner=owner)
 
 
 def place(tree: Any, shardings: Any) -> Any:
