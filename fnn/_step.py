@@ -263,17 +263,32 @@ def make_train_step(loss_fn: LossFn, tx: opt.Optimizer, *, donate: bool = True,
                 f"multiple of {devices}."
             )
         jitted, state = program(state)
+        batch, key = _onto(batch, batch_sharding), _onto(key, replicated)
         with jax.set_mesh(mesh):
             return jitted(state, batch, key)
 
     def lower(state: TrainState, batch: Any, key: jax.Array) -> Any:
         jitted, state = program(state)
+        batch, key = _onto(batch, batch_sharding), _onto(key, replicated)
         with jax.set_mesh(mesh):
             return jitted.lower(state, batch, key)
 
     sharded_step.lower = lower
     sharded_step.programs = programs
     return sharded_step
+
+
+def _onto(tree: Any, sharding: Any) -> Any:
+    """Arrays of ``tree`` placed otherwise moved onto ``sharding``: e.g. a batch made on the
+    user's mesh with ``Explicit`` axes (``jax.make_mesh``'s default) is relabelled, with no
+    copy, for the step's ``Auto`` mesh, whose trace it could not enter otherwise."""
+    from jax.sharding import NamedSharding
+
+    def onto(x):
+        named = isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+        return jax.device_put(x, sharding) if named and x.sharding != sharding else x
+
+    return jax.tree_util.tree_map(onto, tree)
 
 
 def epoch_layout(owner: str, n: int, batch_size: int, drop_remainder: bool) -> tuple[int, int]:
@@ -412,10 +427,12 @@ def jit_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
                      out_shardings=(placement, replicated), donate_argnums=donate_argnums)
 
     def epoch(state: TrainState, data: Any, key: jax.Array) -> tuple[TrainState, dict]:
+        data, key = _onto(data, replicated), _onto(key, replicated)
         with jax.set_mesh(mesh):
             return jitted(state, data, key)
 
     def lower(state: Any, data: Any, key: Any) -> Any:
+        data, key = _onto(data, replicated), _onto(key, replicated)
         with jax.set_mesh(mesh):
             return jitted.lower(state, data, key)
 
