@@ -35,6 +35,7 @@ import numpy as np
 import optimizers as opt
 
 from . import sharding as _sharding
+from ._mesh_step import jit_epoch
 from ._step import (
     LossFn,
     TrainState,
@@ -42,7 +43,6 @@ from ._step import (
     check_state,
     epoch_layout,
     init_train_state,
-    jit_epoch,
     make_epoch,
     make_train_step,
     train_step_fn,
