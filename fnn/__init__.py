@@ -12,7 +12,7 @@ The layer contract is documented once in :mod:`fnn.layers.base`. Submodules:
 :mod:`fnn.train`, :mod:`fnn.tuning`; ``python -m fnn`` runs the main job.
 """
 
-from . import activations, data, gradcheck, losses, train, tuning
+from . import activations, data, gradcheck, losses, sharding, train, tuning
 from .layers import (
     Activation,
     AvgPool2D,
@@ -45,5 +45,5 @@ __all__ = [
     "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
     "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
     "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "activations", "data",
-    "gradcheck", "losses", "parallel", "residual", "serial", "train", "tuning",
+    "gradcheck", "losses", "parallel", "residual", "serial", "sharding", "train", "tuning",
 ]

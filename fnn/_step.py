@@ -2,6 +2,7 @@
 
 :mod:`fnn.train` re-exports everything here; :func:`fnn.train.fit` and
 :func:`fnn.tuning.parallel_fit` run these epochs (see ``fnn.train.run_epochs``).
+Their versions on a mesh (the sharded step, the jitted epoch) are in ``fnn._mesh_step``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 import optimizers as opt
 
+from . import sharding as _sharding
 from .data import _check_int, _check_key, _num_examples
 
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
@@ -54,8 +56,17 @@ def check_callable(owner: str, name: str, fn: Any) -> None:
 
 
 def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
-                     packed: bool = False) -> TrainState:
+                     packed: bool = False, mesh: Any = None, sharding: Any = "replicated",
+                     batch_axis: str = "data") -> TrainState:
     """The state before the first step: ``tx.init`` of the params, step 0.
+
+    Given a ``mesh``, the state is placed on it (see :mod:`fnn.sharding`):
+    ``sharding="replicated"`` copies everything to every device (data
+    parallelism); ``sharding="fsdp"`` splits each large param over the mesh's
+    ``batch_axis`` and creates every optimizer moment already split like its
+    param (never whole on one device); model state and step are replicated.
+    :func:`make_train_step`, :func:`fit` and :func:`make_epoch`'s jitted
+    programs keep this placement from step to step.
 
     Args:
       params: the model's params pytree (floating-point arrays).
@@ -63,10 +74,19 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
       tx: an optimizer.
       packed: keep params and optimizer state in one flat buffer per dtype
         (:func:`optimizers.pack`): the optimizer step then costs a few kernels
-        however many leaves the model has. Results are unchanged.
+        however many leaves the model has. Results are unchanged. With a mesh
+        the buffers are padded to a multiple of the batch axis's size.
+      mesh: optional ``jax.sharding.Mesh`` to place the state on.
+      sharding: with a mesh: ``"replicated"`` (default), ``"fsdp"``, a function
+        ``(path, shape) -> PartitionSpec`` or a pytree of ``PartitionSpec`` for
+        the params (see :func:`fnn.sharding.param_specs`).
+      batch_axis: the mesh axis batches (and FSDP params) are split over.
 
     Example:
         >>> state = fnn.train.init_train_state(params, model_state, optimizers.adam(1e-3))
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        >>> state = fnn.train.init_train_state(params, model_state, optimizers.adam(1e-3),
+        ...                                    mesh=mesh, sharding="fsdp")
     """
     opt._base.check_optimizer("init_train_state", "tx", tx)
     if not isinstance(packed, bool):
@@ -78,11 +98,29 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
                 f"init_train_state: params{jax.tree_util.keystr(path)} has dtype {dtype}; params "
                 "must be floating-point arrays (gradients of integers are not defined)."
             )
-    # the state owns its buffers: steps donate them, which must not delete the caller's arrays
-    params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))
+    if mesh is None:
+        if not (isinstance(sharding, str) and sharding == "replicated"):
+            raise ValueError("init_train_state: sharding= places the state on a mesh; pass "
+                             "mesh= too (e.g. jax.make_mesh((jax.device_count(),), ('data',))).")
+        # the state owns its buffers: steps donate them, which must not delete the caller's arrays
+        params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))
+        if packed:
+            params = opt.pack(params)
+        return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
+    mesh = _sharding.auto_mesh("init_train_state", mesh, batch_axis)
+    _sharding.check_rule("init_train_state", sharding)
     if packed:
-        params = opt.pack(params)
-    return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
+        params = opt.pack(params, multiple_of=mesh.shape[batch_axis])
+    abstract = TrainState(params, model_state, jax.eval_shape(tx.init, params),
+                          jax.ShapeDtypeStruct((), jnp.int32))
+    placed = _sharding.state_shardings(abstract, mesh, sharding, axis=batch_axis,
+                                       owner="init_train_state")
+    params, model_state = _sharding.place((params, model_state),
+                                          (placed.params, placed.model_state))
+    with jax.set_mesh(mesh):  # moments are made where they live, never whole on one device
+        opt_state = jax.jit(tx.init, out_shardings=placed.opt_state)(params)
+    return TrainState(params, model_state, opt_state,
+                      _sharding.place(jnp.zeros((), jnp.int32), placed.step))
 
 
 def _checked_loss(loss_fn: LossFn) -> Callable:
@@ -101,10 +139,14 @@ def _checked_loss(loss_fn: LossFn) -> Callable:
     return wrapped
 
 
-def train_step_fn(loss_fn: LossFn, tx: opt.Optimizer) -> Callable:
+def train_step_fn(loss_fn: LossFn, tx: opt.Optimizer, *, shardings: Any = None) -> Callable:
     """The un-jitted step ``(state, batch, key) -> (state, metrics)``; see :func:`make_train_step`.
 
     Use it to compose a step into your own programs (``lax.scan``, ``vmap``).
+    ``shardings`` (a ``TrainState`` of ``NamedSharding``, as
+    :func:`fnn.sharding.state_shardings` returns) constrains the gradients to
+    the params' placement (a reduce-scatter under FSDP) and the new state to
+    its placement, so that it stays put inside loops.
     """
     check_callable("train_step_fn", "loss_fn", loss_fn)
     opt._base.check_optimizer("train_step_fn", "tx", tx)
@@ -117,74 +159,76 @@ def train_step_fn(loss_fn: LossFn, tx: opt.Optimizer) -> Callable:
         def objective(params, model_state):
             return checked(opt.unpack(params) if packed else params, model_state, batch, key)
 
-        (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, state.model_state)
+        if packed and shardings is not None:
+            # gradients of the unpacked leaves, packed by concatenation: each device cuts its
+            # part of the split buffer (unpack's own VJP writes into a zero buffer, which the
+            # partitioner can only do on the whole buffer, gathered)
+            (loss, (model_state, metrics)), grads = jax.value_and_grad(checked, has_aux=True)(
+                opt.unpack(state.params), state.model_state, batch, key)
+            grads = opt.packing.pack_like(grads, state.params)
+        else:
+            (loss, (model_state, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+                state.params, state.model_state)
+        if shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = opt.apply_updates(state.params, updates)
-        return TrainState(params, model_state, opt_state, state.step + 1), {"loss": loss, **metrics}
+        new = TrainState(params, model_state, opt_state, state.step + 1)
+        if shardings is not None:
+            new = jax.lax.with_sharding_constraint(new, shardings)
+        return new, {"loss": loss, **metrics}
 
     return step
 
 
-def _shardings(mesh: Any, batch_axis: str):
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"make_train_step: mesh must be a jax.sharding.Mesh; got "
-                        f"{type(mesh).__name__}.")
-    if batch_axis not in mesh.axis_names:
-        raise ValueError(
-            f"batch_axis {batch_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}."
-        )
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(batch_axis))
-
-
 def make_train_step(loss_fn: LossFn, tx: opt.Optimizer, *, donate: bool = True,
-                    mesh: Any = None, batch_axis: str = "data") -> Callable:
+                    mesh: Any = None, batch_axis: str = "data", sharding: Any = None) -> Callable:
     """One jit-compiled training step: loss, gradient, optimizer update, applied.
 
     ``step(state, batch, key) -> (new_state, metrics)`` with ``metrics`` the loss
     function's metrics plus ``"loss"``. The old state's buffers are donated (reused
     for the new state), so do not use ``state`` after the call.
 
+    With a ``mesh`` the step runs on all its devices: each batch is split over
+    ``batch_axis`` and the state keeps its placement, passed to ``jax.jit`` as
+    explicit in- and out-shardings (so it is compiled once and every new state,
+    optimizer moments included, lies where the old one did). The placement is
+    the one the state was made with (``init_train_state(..., mesh=mesh,
+    sharding=...)``: replicated or FSDP, see :mod:`fnn.sharding`), read from
+    its params; a state not yet on the mesh is replicated. ``sharding=``
+    chooses another placement (the state is moved at the first step). BatchNorm
+    statistics are those of the whole batch and dropout masks do not depend on
+    the number of devices, so the result equals single-device training up to
+    float rounding.
+
     Args:
       loss_fn: ``loss_fn(params, model_state, batch, key) -> (loss, (model_state, metrics))``.
       tx: the optimizer.
       donate: donate the state's buffers (the default; faster, less memory).
-      mesh: optional ``jax.sharding.Mesh`` to run data-parallel: the batch is
-        sharded over ``batch_axis``, the state replicated. Every batch must then
-        hold a multiple of the number of devices along ``batch_axis``.
-      batch_axis: the mesh axis the batch is split over.
+      mesh: optional ``jax.sharding.Mesh`` to run on. Every batch must then hold
+        a multiple of the number of devices along ``batch_axis``.
+      batch_axis: the mesh axis the batch (and FSDP params) are split over.
+      sharding: ``None`` (the state's own placement), ``"replicated"``, ``"fsdp"``, a
+        function ``(path, shape) -> PartitionSpec`` or a pytree of ``PartitionSpec``.
 
     Example:
         >>> step = fnn.train.make_train_step(loss_fn, optimizers.adam(1e-3))
         >>> state, metrics = step(state, (x, y), jax.random.key(0))
+        >>> state = fnn.train.init_train_state(params, model_state, tx, mesh=mesh, sharding="fsdp")
+        >>> step = fnn.train.make_train_step(loss_fn, tx, mesh=mesh)   # keeps the FSDP layout
     """
     opt._base.check_optimizer("make_train_step", "tx", tx)
+    check_callable("make_train_step", "loss_fn", loss_fn)
     if not isinstance(donate, bool):
         raise TypeError(f"make_train_step: donate must be True or False; got {donate!r}.")
-    step = train_step_fn(loss_fn, tx)
     donate_argnums = (0,) if donate else ()
     if mesh is None:
-        return jax.jit(step, donate_argnums=donate_argnums)
-    replicated, sharded = _shardings(mesh, batch_axis)
-    jitted = jax.jit(step, donate_argnums=donate_argnums,
-                     in_shardings=(replicated, sharded, replicated),
-                     out_shardings=(replicated, replicated))
-    devices = mesh.shape[batch_axis]
+        if sharding is not None:
+            raise ValueError("make_train_step: sharding= needs a mesh; pass mesh= too.")
+        return jax.jit(train_step_fn(loss_fn, tx), donate_argnums=donate_argnums)
+    from ._mesh_step import sharded_train_step  # it builds on this module
 
-    def sharded_step(state: TrainState, batch: Any, key: jax.Array) -> tuple[TrainState, dict]:
-        n = _num_examples("train step", batch, "batch")
-        if n % devices:
-            raise ValueError(
-                f"train step: a batch of {n} examples cannot be split evenly over the "
-                f"{devices} devices of mesh axis {batch_axis!r}; use a batch size that is a "
-                f"multiple of {devices}."
-            )
-        return jitted(state, batch, key)
-
-    sharded_step.lower = jitted.lower
-    return sharded_step
+    return sharded_train_step(loss_fn, tx, donate_argnums, mesh, batch_axis, sharding)
 
 
 def epoch_layout(owner: str, n: int, batch_size: int, drop_remainder: bool) -> tuple[int, int]:
@@ -208,7 +252,8 @@ def epoch_layout(owner: str, n: int, batch_size: int, drop_remainder: bool) -> t
 
 
 def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
-               drop_remainder: bool = False) -> Callable:
+               drop_remainder: bool = False, mesh: Any = None, batch_axis: str = "data",
+               sharding: Any = "replicated") -> Callable:
     """One epoch as a single pure function ``epoch(state, data, key) -> (state, metrics)``.
 
     The examples are shuffled with ``key``, cut into mini-batches of
@@ -220,6 +265,12 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
     over the epoch's examples. The function is pure: ``jax.jit`` it, or
     ``jax.vmap`` it over states to train many models at once.
 
+    With a ``mesh``, every mini-batch is split over ``batch_axis`` and the
+    state is held in the placement ``sharding`` gives (``"replicated"``,
+    ``"fsdp"``, a rule as in :func:`init_train_state`, or a ``TrainState`` of
+    ``NamedSharding`` from :func:`fnn.sharding.state_shardings`) throughout the
+    epoch; :func:`jit_epoch` jits it with matching in- and out-shardings.
+
     Example:
         >>> epoch = jax.jit(fnn.train.make_epoch(loss_fn, tx, 64), donate_argnums=0)
         >>> state, metrics = epoch(state, (x_train, y_train), jax.random.key(1))
@@ -228,11 +279,28 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
     if not isinstance(drop_remainder, bool):
         raise TypeError(f"make_epoch: drop_remainder must be True or False; got "
                         f"{drop_remainder!r}.")
-    step = train_step_fn(loss_fn, tx)
+    if mesh is not None:
+        mesh = _sharding.auto_mesh("make_epoch", mesh, batch_axis)
+        if not isinstance(sharding, TrainState):
+            _sharding.check_rule("make_epoch", sharding)
+        batch_sharding = _sharding.batch_sharding(mesh, batch_axis)
+    elif not (isinstance(sharding, str) and sharding == "replicated"):
+        raise ValueError("make_epoch: sharding= needs a mesh; pass mesh= too.")
+    plain_step = train_step_fn(loss_fn, tx)
 
     def epoch(state: TrainState, data: Any, key: jax.Array) -> tuple[TrainState, dict]:
         check_state("epoch", state)
         _check_key("epoch", key)
+        if mesh is None:
+            step = plain_step
+        else:
+            placement = sharding if isinstance(sharding, TrainState) else \
+                _sharding.state_shardings(state, mesh, sharding, axis=batch_axis, owner="epoch")
+            state = jax.lax.with_sharding_constraint(state, placement)
+            sharded = train_step_fn(loss_fn, tx, shardings=placement)
+
+            def step(state, batch, key):
+                return sharded(state, jax.lax.with_sharding_constraint(batch, batch_sharding), key)
         n = _num_examples("epoch", data)
         full, last = epoch_layout("epoch", n, batch_size, drop_remainder)
         data = jax.tree_util.tree_map(jnp.asarray, data)  # NumPy data cannot take a traced index

@@ -151,6 +151,9 @@ def _common(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--preprocess", choices=list(PREPROCESSING), default="center",
                         help="input preprocessing fitted on the training split (default: center; "
                              "on digits, standardizing amplifies nearly constant pixels)")
+    parser.add_argument("--devices", type=_positive(int), default=None, metavar="N",
+                        help="train on N devices (a mesh over the first N; on the CPU, N virtual "
+                             "devices are created), each batch split over them (default: one)")
 
 
 class _FullHelp(argparse.Action):
@@ -195,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plot", action="store_true",
                      help="do not write the plot (not with --output)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.add_argument("--sharding", choices=["replicated", "fsdp"], default="replicated",
+                     help="with --devices: replicate params and optimizer state on every device, "
+                          "or split them over the devices (FSDP) (default: replicated)")
 
     search = commands.add_parser(
         "search", help="random search of learning rate and weight decay on a log scale, "
@@ -248,6 +254,7 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     """
     out = sys.stdout if out is None else out
     output = None if args.no_plot else output_path(args.output)  # fails now, not after training
+    mesh = _mesh(args)  # before JAX starts: on the CPU, --devices N makes N devices
     total = time.perf_counter()
     (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     names = list(DEFAULT_RATES) if args.optimizer == "all" else [args.optimizer]
@@ -260,7 +267,9 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     start = time.perf_counter()
     abstract = jax.eval_shape(lambda: train.init_train_state(
         *init_model(model, args.seed, x_train.shape[1]), tx))
-    epoch = jax.jit(train.make_epoch(loss_fn, tx, args.batch_size), donate_argnums=(0,))
+    sharding = getattr(args, "sharding", "replicated") if mesh is not None else None
+    epoch = train.jit_epoch(loss_fn, tx, args.batch_size, mesh=mesh, sharding=sharding,
+                            state=abstract)
     with ThreadPoolExecutor(max_workers=1) as pool:
         compiling = pool.submit(lambda: epoch.lower(abstract, (x_train, y_train), key).compile())
         params, model_state = init_model(model, args.seed, x_train.shape[1])
@@ -278,7 +287,8 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
             state, history = train.fit(loss_fn, tx, state, (x_train, y_train), key=key,
                                        epochs=args.epochs, batch_size=args.batch_size,
                                        val_data=val, eval_fn=eval_fn, epoch_fn=compiled,
-                                       progress=not args.no_progress, description=name)
+                                       progress=not args.no_progress, description=name,
+                                       mesh=mesh, sharding=sharding)
         except FloatingPointError as error:
             raise DivergedError(f"training {run} diverged: {error} Try a smaller "
                                 "--learning-rate or --weight-decay.") from error
@@ -293,7 +303,8 @@ def run_training(args: argparse.Namespace, out=None) -> list[dict]:
     print(f"{args.dataset}: {len(x_train)} training / {len(val[0])} validation examples "
           f"({args.preprocess}), MLP {x_train.shape[1]}-{args.hidden}-{args.hidden}-{classes} "
           f"with BatchNorm and Dropout({args.dropout:g}), batch {args.batch_size}, "
-          f"{args.epochs} epochs", file=out)
+          f"{args.epochs} epochs" + (f", {args.devices} devices ({sharding})" if mesh else ""),
+          file=out)
     print(f"{'optimizer':10} {'lr':>8} {'train loss':>10} {'val acc':>8} {'time (s)':>9} "
           f"{'steps/s':>8}", file=out)
     for r in rows:
@@ -404,6 +415,7 @@ def plot_losses(histories: dict, path: str | os.PathLike) -> None:
 
 def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     out = sys.stdout if out is None else out
+    mesh = _mesh(args)  # before JAX starts: on the CPU, --devices N makes N devices
     (x_train, y_train), val, classes, model, loss_fn, eval_fn = experiment(args)
     params, model_state = init_model(model, args.seed, x_train.shape[1])
     tx = make_optimizer(args.optimizer, DEFAULT_RATES[args.optimizer], 1e-4)
@@ -414,7 +426,8 @@ def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     def objective(configs):
         results = tuning.parallel_fit(loss_fn, tx, state, configs, (x_train, y_train),
                                       key=jax.random.key(args.seed + 2), epochs=args.epochs,
-                                      batch_size=args.batch_size, val_data=val, eval_fn=eval_fn)
+                                      batch_size=args.batch_size, val_data=val, eval_fn=eval_fn,
+                                      mesh=mesh)
         for metrics in results:  # a diverged model's accuracy is a number, but not a result
             if not math.isfinite(metrics["train_loss"]):
                 metrics["val_accuracy"] = math.nan  # ranked last, shown as nan
@@ -443,6 +456,17 @@ def run_search(args: argparse.Namespace, out=None) -> tuning.Results:
     return results
 
 
+def _mesh(args: argparse.Namespace):
+    """The mesh of ``--devices N`` (made once, before JAX starts: see ``main``), else None."""
+    if not getattr(args, "devices", None):
+        return None
+    if getattr(args, "mesh", None) is None:
+        from .sharding import device_mesh
+
+        args.mesh = device_mesh(args.devices)
+    return args.mesh
+
+
 def run_gradcheck(args: argparse.Namespace, out=None) -> bool:
     out = sys.stdout if out is None else out
     from .layer_checks import check_all_layers
@@ -462,12 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command_parser
     if args.command == "train" and args.no_plot and args.output is not None:
         command.error("--output has no effect with --no-plot; drop one of them")
+    if args.command == "train" and args.sharding != "replicated" and args.devices is None:
+        command.error(f"--sharding {args.sharding} needs --devices N (N devices to split over)")
     if args.command == "search":
         for name in ("lr_range", "wd_range"):
             low, high = getattr(args, name)
             if not low < high:
                 command.error(f"--{name.replace('_', '-')} needs LOW < HIGH, got {low:g} {high:g}")
     try:
+        _mesh(args)  # first: on the CPU, --devices N creates N devices before JAX starts
         if args.command == "train":
             if not args.no_plot:
                 args.output = output_path(args.output)

@@ -34,6 +34,8 @@ import numpy as np
 
 import optimizers as opt
 
+from . import sharding as _sharding
+from ._mesh_step import jit_epoch
 from ._step import (
     LossFn,
     TrainState,
@@ -49,8 +51,8 @@ from .data import _check_finite, _check_int, _check_key, _num_examples
 
 __all__ = [
     "LossFn", "NonFiniteLossError", "TrainState", "classifier", "evaluate", "fit",
-    "init_train_state", "make_epoch", "make_train_step", "run_epochs", "steps_per_second",
-    "train_step_fn",
+    "init_train_state", "jit_epoch", "make_epoch", "make_train_step", "run_epochs",
+    "steps_per_second", "train_step_fn",
 ]
 
 
@@ -213,7 +215,8 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
         key: jax.Array, epochs: int, batch_size: int, val_data: Any = None,
         eval_fn: Callable | None = None, progress: bool = True, description: str = "train",
         drop_remainder: bool = False, epoch_fn: Callable | None = None,
-        on_nonfinite: str = "raise", donate: bool = False,
+        on_nonfinite: str = "raise", donate: bool = False, mesh: Any = None,
+        sharding: Any = None, batch_axis: str = "data",
         ) -> tuple[TrainState, dict]:
     """Trains for ``epochs`` epochs; returns the final state and a history of metrics.
 
@@ -253,6 +256,17 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
         when an epoch's training loss is NaN or infinite; ``"warn"`` warns once and carries on.
       donate: let the epochs consume the caller's ``state`` instead of a copy
         (saves the memory of one copy; ``state`` is unusable afterwards).
+      mesh: optional ``jax.sharding.Mesh``: train on all its devices, each
+        mini-batch split over ``batch_axis`` (any batch size), the training data
+        replicated on every device. The result equals training on one device
+        up to float rounding.
+      sharding: with a mesh, the state's placement (see :mod:`fnn.sharding`):
+        ``None`` (default) keeps the one ``state`` has (from
+        ``init_train_state(..., mesh=mesh, sharding=...)``; replicated if it is
+        not on the mesh), or ``"replicated"``, ``"fsdp"``, a function
+        ``(path, shape) -> PartitionSpec`` or a pytree of ``PartitionSpec``.
+        The returned state has this placement.
+      batch_axis: the mesh axis batches (and FSDP params) are split over.
 
     Raises:
       NonFiniteLossError: an epoch's training loss was not finite (with ``on_nonfinite="raise"``).
@@ -260,6 +274,9 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
     Example:
         >>> state, history = fnn.train.fit(loss_fn, tx, state, (x, y), key=key,
         ...                                epochs=30, batch_size=64)
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        >>> state, history = fnn.train.fit(loss_fn, tx, state, (x, y), key=key, epochs=30,
+        ...                                batch_size=64, mesh=mesh, sharding="fsdp")
     """
     opt._base.check_optimizer("fit", "tx", tx)
     _check_key("fit", key)
@@ -274,13 +291,25 @@ def fit(loss_fn: LossFn, tx: opt.Optimizer, state: TrainState, train_data: Any, 
     steps_per_epoch = check_fit_inputs("fit", loss_fn, state, train_data, batch_size,
                                        drop_remainder, val_data, eval_fn)
     start_epoch = first_epoch(state, steps_per_epoch)
+    if mesh is None:
+        if sharding is not None:
+            raise ValueError("fit: sharding= needs a mesh; pass mesh= too.")
+        train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
+        state = state if donate else _copy(state)
+        placement = None
+    else:
+        mesh = _sharding.auto_mesh("fit", mesh, batch_axis)
+        if sharding is not None:
+            _sharding.check_rule("fit", sharding)
+        placement = _sharding.resolve("fit", state, mesh, sharding, batch_axis)
+        train_data = _sharding.place(train_data, jax.tree_util.tree_map(
+            lambda _: _sharding.replicated(mesh), train_data))
+        # placing copies (the caller's state stays usable) unless donating
+        state = jax.device_put(state, placement) if donate else _sharding.place(state, placement)
     if epoch_fn is None:
-        epoch_fn = jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder),
-                           donate_argnums=(0,))
+        epoch_fn = jit_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder, mesh=mesh,
+                             batch_axis=batch_axis, sharding=placement, state=state)
     evaluate_fn = jax.jit(eval_fn) if eval_fn is not None else None
-    train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
-    if not donate:
-        state = _copy(state)
     history: dict[str, list] = {"time": []}
     bar = _progress(epochs, progress, description)
     warned = False

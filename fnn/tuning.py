@@ -27,6 +27,7 @@ import numpy as np
 import optimizers as opt
 from optimizers import _validate
 
+from . import sharding as _sharding
 from . import train as _train
 from .data import _check_int, _check_key, _check_number
 
@@ -330,7 +331,7 @@ def refine(space: dict, results: Results, *, top: int = 3, margin: float = 0.5) 
 def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
                  configs: list[dict], train_data: Any, *, key: jax.Array, epochs: int,
                  batch_size: int, val_data: Any = None, eval_fn: Callable | None = None,
-                 ) -> list[dict]:
+                 mesh: Any = None, batch_axis: str = "data") -> list[dict]:
     """Trains one model per configuration, all in one compiled program (``jax.vmap``).
 
     Every configuration starts from ``state`` and differs only in the optimizer
@@ -344,6 +345,13 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
     configuration alone with ``fit`` and the same key. A configuration that
     diverges reports a NaN loss (it sorts last in :class:`Results`); it does
     not stop the others.
+
+    Given a ``mesh``, the configurations are spread over the devices of its
+    ``batch_axis``: the vmapped configuration axis of every state leaf is split
+    over it (each device trains its share of the models, with no communication
+    between them; the data are replicated). The list is padded with copies of
+    the first configuration to a multiple of the number of devices, and their
+    results dropped. The results equal those without a mesh up to float rounding.
 
     Returns:
       One dict of final metrics per configuration: ``train_<metric>`` of the
@@ -384,11 +392,29 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
     def configured(hp):
         return state._replace(opt_state=opt.set_hyperparams(state.opt_state, **hp))
 
-    states = jax.vmap(configured)(stacked)  # new buffers: donating them leaves `state` intact
-    epoch = jax.jit(jax.vmap(_train.make_epoch(loss_fn, tx, batch_size), in_axes=(0, None, None)),
-                    donate_argnums=(0,))
+    vmapped = jax.vmap(_train.make_epoch(loss_fn, tx, batch_size), in_axes=(0, None, None))
+    train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
+    if mesh is None:
+        states = jax.vmap(configured)(stacked)  # new buffers: donating them leaves `state` intact
+        epoch = jax.jit(vmapped, donate_argnums=(0,))
+    else:
+        mesh = _sharding.auto_mesh("parallel_fit", mesh, batch_axis)
+        padding = -n % mesh.shape[batch_axis]  # copies of the first configuration, dropped
+        stacked = {k: jnp.concatenate([v, jnp.repeat(v[:1], padding)]) for k, v in stacked.items()}
+        per_config, replicated = (_sharding.batch_sharding(mesh, batch_axis),
+                                  _sharding.replicated(mesh))
+        with jax.set_mesh(mesh):
+            states = jax.jit(jax.vmap(configured), out_shardings=per_config)(stacked)
+        train_data = _sharding.place(train_data,
+                                     jax.tree_util.tree_map(lambda _: replicated, train_data))
+        jitted = jax.jit(vmapped, donate_argnums=(0,), in_shardings=(per_config, replicated,
+                         replicated), out_shardings=(per_config, per_config))
+
+        def epoch(states, data, key):
+            with jax.set_mesh(mesh):
+                return jitted(states, data, key)
     last: dict = {}
-    states = _train.run_epochs(epoch, states, jax.tree_util.tree_map(jnp.asarray, train_data),
+    states = _train.run_epochs(epoch, states, train_data,
                                key, _train.first_epoch(state, steps_per_epoch), epochs,
                                lambda e, states, metrics: last.update(metrics=metrics))
     metrics = last["metrics"]

@@ -85,7 +85,8 @@ def _group_name(dtype: Any, label: Any) -> str:
     return name if label is None else f"{label}:{name}"
 
 
-def pack(tree: Any, *, group: Callable[[Any, Any], Any] | None = None) -> Packed:
+def pack(tree: Any, *, group: Callable[[Any, Any], Any] | None = None,
+         multiple_of: int = 1) -> Packed:
     """Packs a params tree into one flat buffer per dtype (and per ``group`` label).
 
     Args:
@@ -93,15 +94,24 @@ def pack(tree: Any, *, group: Callable[[Any, Any], Any] | None = None) -> Packed
       group: optional ``group(path, leaf) -> label``; leaves with different labels
         go to different buffers (e.g. ``lambda path, x: x.ndim >= 2`` to keep
         weights and biases apart, so that a weight-decay mask selects whole buffers).
+      multiple_of: pad every buffer with zeros to a length that is a multiple of
+        this, so that it splits evenly over that many devices (FSDP on a mesh,
+        see ``fnn.sharding``). The padding belongs to no leaf: its gradient is
+        0, so every optimizer leaves it at 0 (each update is a multiple of the
+        gradient, its moments or the param, all 0 there).
 
     Returns:
       A :class:`Packed` whose buffers are the leaves raveled and concatenated in
-      tree order.
+      tree order (then the padding).
 
     Example:
         >>> packed = optimizers.pack({"w": jnp.ones((2, 3)), "b": jnp.zeros(3)})
         >>> packed.buffers["float32"].shape   # (9,)
     """
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, (int, np.integer)) \
+            or multiple_of < 1:
+        raise ValueError(f"pack: multiple_of must be an int >= 1 (e.g. the number of devices "
+                         f"the buffers are split over); got {multiple_of!r}.")
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     slots, sizes, parts = [], {}, {}
     for path, leaf in flat:
@@ -111,6 +121,11 @@ def pack(tree: Any, *, group: Callable[[Any, Any], Any] | None = None) -> Packed
         slots.append(Slot(name, offset, tuple(leaf.shape), leaf.dtype))
         sizes[name] = offset + leaf.size
         parts.setdefault(name, []).append(leaf.ravel())
+    for name, size in sizes.items():
+        padding = -size % multiple_of
+        if padding:
+            parts[name].append(jnp.zeros(padding, parts[name][0].dtype))
+            sizes[name] = size + padding
     layout = Layout(treedef, tuple(slots), tuple(sizes.items()))
     buffers = {n: jnp.concatenate(p) if len(p) > 1 else p[0] for n, p in parts.items()}
     return Packed(buffers, layout)
@@ -173,6 +188,31 @@ def unpack(packed: Packed) -> Any:
     layout = packed.layout
     leaves = _unpack(layout, tuple(packed.buffers[name] for name, _ in layout.sizes))
     return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+
+
+def pack_like(tree: Any, like: Packed) -> Packed:
+    """``tree``, shaped like ``unpack(like)``, packed into ``like``'s layout (padding zeros).
+
+    Built by concatenation, not by writes into a zero buffer: on a mesh, where
+    the buffers are split over devices, every device then cuts its own part
+    without gathering the buffer (e.g. gradients taken with respect to the
+    unpacked params, as ``fnn.train``'s sharded step does).
+
+    Example:
+        >>> grads = optimizers.packing.pack_like(jax.grad(loss)(optimizers.unpack(packed)), packed)
+    """
+    layout = like.layout
+    leaves = layout.treedef.flatten_up_to(tree)
+    parts: dict[str, list] = {name: [] for name, _ in layout.sizes}
+    for slot, leaf in zip(layout.slots, leaves):
+        parts[slot.group].append(jnp.asarray(leaf, slot.dtype).ravel())
+    buffers = {}
+    for (name, size), dtype in zip(layout.sizes, _buffer_dtypes(layout)):
+        used = sum(int(p.size) for p in parts[name])
+        if used < size:
+            parts[name].append(jnp.zeros(size - used, dtype))
+        buffers[name] = jnp.concatenate(parts[name]) if len(parts[name]) > 1 else parts[name][0]
+    return Packed(buffers, layout)
 
 
 def resolve_packed_mask(owner: str, mask: Any, packed: Packed) -> Packed:

@@ -32,6 +32,10 @@ PARSE_ERRORS = [
     (["--dataset", "cifar10"], "--dataset"),
     (["--preprocess", "whiten"], "--preprocess"),
     (["--no-plot", "--output", "curves.png"], "--output"),
+    (["--sharding", "fsdp"], "--devices"),  # fsdp needs devices to split over
+    (["--sharding", "zero"], "--sharding"),
+    (["--devices", "0"], "--devices"),
+    (["search", "--sharding", "fsdp"], "--sharding"),
     (["search", "--trials", "0"], "--trials"),
     (["search", "--optimizer", "all"], "--optimizer"),
     (["search", "--lr-range", "0.1", "0.01"], "--lr-range"),

@@ -30,6 +30,8 @@ def switch_with_index(index):
 
 
 CASES = {
+    "pack multiple_of 0": (lambda: opt.pack({"w": jnp.zeros(3)}, multiple_of=0), ValueError,
+                           r"pack: multiple_of must be an int >= 1"),
     # constructors: non-finite and out-of-range numbers
     "sgd lr inf": (lambda: opt.sgd(INF), ValueError, r"sgd: learning_rate must be in \[0, inf\)"),
     "sgd lr nan array": (lambda: opt.sgd(jnp.float32(NAN)), ValueError, "learning_rate"),

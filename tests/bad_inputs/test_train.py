@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import fnn
 import optimizers as opt
@@ -36,6 +37,7 @@ _, MODEL_PARAMS, MODEL_STATE = MODEL.init(jax.random.key(1), (-1, 4))
 CLASSIFIER_LOSS, CLASSIFIER_EVAL = train.classifier(MODEL)
 CLASSIFIER_STATE = train.init_train_state(MODEL_PARAMS, MODEL_STATE, TX)
 SPACE = {"learning_rate": tuning.log_uniform(1e-3, 1e-1)}
+MESH = jax.make_mesh((1,), ("data",))
 
 
 def fit(**changes):
@@ -212,6 +214,49 @@ CASES = {
         lambda: tuning.parallel_fit(loss_fn, TX, STATE, [{"learning_rate": 0.1}],
                                     (with_value(X, (1, 1), np.nan), T), key=KEY, epochs=1,
                                     batch_size=8), ValueError, "train_data.0. has 1 non-finite"),
+    # placement on a mesh (fnn.sharding)
+    "init_train_state sharding without mesh": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, sharding="fsdp"), ValueError,
+        "init_train_state: sharding= places the state on a mesh; pass mesh="),
+    "init_train_state sharding unknown": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=MESH, sharding="zero3"),
+        ValueError, r"init_train_state: sharding must be 'replicated', 'fsdp'.*got 'zero3'"),
+    "init_train_state sharding a number": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=MESH, sharding=8),
+        TypeError, r"init_train_state: sharding must be .*pytree of PartitionSpec; got int 8"),
+    "init_train_state batch_axis not in mesh": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=MESH,
+                                       batch_axis="batch"), ValueError,
+        r"batch_axis 'batch' is not an axis of the mesh; its axes are \('data',\)"),
+    "init_train_state spec tree of other params": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=MESH,
+                                       sharding={"v": P()}), ValueError,
+        "PartitionSpecs must have the structure of the params"),
+    "init_train_state spec of too many dimensions": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=MESH,
+                                       sharding={"w": P(None, "data")}), ValueError,
+        r"names 2 dimensions, but the leaf has shape \(2,\)"),
+    "init_train_state mesh not a Mesh": (
+        lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, mesh=jax.devices()),
+        TypeError, "init_train_state: mesh must be a jax.sharding.Mesh"),
+    "make_train_step sharding without mesh": (
+        lambda: train.make_train_step(loss_fn, TX, sharding="fsdp"), ValueError,
+        "make_train_step: sharding= needs a mesh"),
+    "make_epoch sharding without mesh": (
+        lambda: train.make_epoch(loss_fn, TX, 8, sharding="fsdp"), ValueError,
+        "make_epoch: sharding= needs a mesh"),
+    "jit_epoch mesh without state": (lambda: train.jit_epoch(loss_fn, TX, 8, mesh=MESH),
+                                     ValueError, "jit_epoch: with a mesh, pass the state"),
+    "fit sharding without mesh": (lambda: fit(sharding="fsdp"), ValueError,
+                                  "fit: sharding= needs a mesh"),
+    "fit mesh not a Mesh": (lambda: fit(mesh="cpu"), TypeError,
+                            "fit: mesh must be a jax.sharding.Mesh"),
+    "fit sharding unknown": (lambda: fit(mesh=MESH, sharding="sharded"), ValueError,
+                             "fit: sharding must be 'replicated', 'fsdp'"),
+    "parallel_fit mesh not a Mesh": (lambda: parallel_fit(mesh=8), TypeError,
+                                     "parallel_fit: mesh must be a jax.sharding.Mesh"),
+    "parallel_fit batch_axis not in mesh": (lambda: parallel_fit(mesh=MESH, batch_axis="x"),
+                                            ValueError, "batch_axis 'x' is not an axis"),
 }
 
 
