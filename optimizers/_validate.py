@@ -101,7 +101,10 @@ def check(owner: str, name: str, value: Any, *, allow_schedule: bool = True) -> 
     """
     if is_schedule(value):
         if not allow_schedule:
-            raise TypeError(f"{owner}: {name} must be a number, not a schedule.")
+            raise TypeError(
+                f"{owner}: {name} must be a number, not a schedule. A schedule is part of the "
+                "optimizer: build a new optimizer with it, or set its peak with a number (the "
+                "whole schedule is scaled so that its peak is that number).")
         _check_schedule(owner, name, value)
         return
     number = _concrete_scalar(owner, name, value)

@@ -72,13 +72,15 @@ class Schedule:
 
     def __init__(self, fn: Callable[[jax.Array], jax.Array], description: str,
                  probe: Sequence[int] = (0,), scalable: bool = True):
+        if not isinstance(scalable, bool):
+            raise TypeError(f"Schedule: scalable must be True or False; got {scalable!r}.")
         self._fn = fn
         self._description = description
         #: steps at which the schedule takes its extreme values (checked by optimizers)
         self.probe = tuple(sorted({min(int(s), INT32_MAX) for s in probe}))
         #: whether :func:`peak` is known, so that ``set_hyperparams`` can scale the schedule
         #: (False when a plain function ``step -> value`` is part of it)
-        self.scalable = bool(scalable)
+        self.scalable = scalable
 
     def __call__(self, step: Any) -> jax.Array:
         """The value at ``step`` (≥ 0).
