@@ -120,8 +120,9 @@ def _check_schedule(owner: str, name: str, schedule: Any) -> None:
     """Checks a schedule's values at the steps where they can be extreme (its ``probe``:
     step 0, the end of a decay, boundaries; only step 0 for a plain function)."""
     for step in getattr(schedule, "probe", (0,)):
-        value = schedule(jnp.asarray(step, jnp.int32))
-        if isinstance(value, jax.core.Tracer):  # built inside a trace: checked in the step
+        with jax.ensure_compile_time_eval():  # as schedules.peak evaluates it: concrete in jit
+            value = schedule(jnp.asarray(step, jnp.int32))
+        if isinstance(value, jax.core.Tracer):  # built from traced values: checked in the step
             return
         array = np.asarray(value)
         if array.dtype.kind not in "fiub" or array.ndim != 0:

@@ -181,10 +181,14 @@ def peak(schedule: Callable) -> jax.Array:
 def _peak(schedule: Schedule) -> jax.Array:
     """The value of largest magnitude at the probe steps (concrete when the arguments are)."""
     with jax.ensure_compile_time_eval():  # constants stay concrete inside jit
-        values = jnp.stack([jnp.asarray(schedule(jnp.asarray(step, jnp.int32)),
-                                        jnp.result_type(float)).reshape(())
-                            for step in schedule.probe])
-        return values[jnp.argmax(jnp.abs(values))]
+        values = [jnp.asarray(schedule(jnp.asarray(step, jnp.int32))).reshape(())
+                  for step in schedule.probe]
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        stacked = jnp.stack([v.astype(jnp.result_type(float)) for v in values])
+        return stacked[jnp.argmax(jnp.abs(stacked))]
+    # concrete: chosen on the host (no extra compiled ops when an optimizer is built)
+    magnitudes = [abs(float(v)) for v in values]
+    return values[magnitudes.index(max(magnitudes))]
 
 
 def _number(owner: str, name: str, value: Any, *, low: float = -math.inf,
