@@ -186,11 +186,10 @@ def from_rule(
     the optimizer's own (its constructor's arguments), except those changed
     with :func:`optimizers.set_hyperparams` (or traced when the state was
     made), where the state's value wins; the used values are written back to
-    the state. A scheduled hyperparameter keeps its peak in the state
-    (settable the same way) and steps at schedule(t) · peak / the schedule's
-    own peak (:mod:`optimizers._scheduled`). A concrete value out of range is an
-    error at construction; a traced one (or a schedule's value) out of range
-    makes the step NaN.
+    the state. A schedule's peak is kept and chosen the same way; the step uses
+    schedule(t) · peak / own peak (:mod:`optimizers._scheduled`). A concrete value
+    out of range is an error at construction; a traced one (or a schedule's
+    value) out of range makes the step NaN.
 
     Args:
       name: the constructor's name, used in error messages.

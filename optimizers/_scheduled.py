@@ -12,6 +12,13 @@ and a step uses ``schedule(count) · peak / own_peak`` (:func:`scale`). A
 schedule whose peak cannot be set (a plain function, a zero peak) is kept in
 ``state.scheduled`` only, as before, so that whether a name is settable is the
 static structure of the state, known under ``jit``.
+
+Why a scale and not the schedule's numeric arguments (init, end, k, …) as data:
+one number per hyperparameter, named like the constructor's argument, read
+and set like any other (``parallel_fit(configs=[{"learning_rate": v}])``),
+and every schedule, arithmetic and joins too, scales the same way; the
+arguments would be a nested tree per kind of schedule, and "the learning
+rate" of warmup + cosine would still have to mean one of them.
 """
 
 from __future__ import annotations

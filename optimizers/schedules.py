@@ -38,10 +38,7 @@ schedule whose peak is 0, which no factor can change; ``set_hyperparams``
 says so. The scaled values stay range-checked: a concrete peak out of range is
 an error in ``set_hyperparams`` (the values at the probe steps are in range
 exactly when the peak is, as they all lie between 0 and it), a traced one
-makes the step NaN. Why a scale and not the schedule's arguments as data: one
-number per hyperparameter, named like the constructor's argument, readable
-and settable like any other, and every schedule (arithmetic and joins too)
-scales the same way; the arguments would be a nested tree per schedule kind.
+makes the step NaN. (Why a scale, not the arguments as data: :mod:`optimizers._scheduled`.)
 """
 
 from __future__ import annotations

@@ -150,12 +150,13 @@ def test_hyperparams_reads_the_used_value_and_settable_reads_the_peak():
 def test_setting_peaks_does_not_recompile_the_step():
     params = {"w": jnp.ones(3, F64)}
     tx = opt.adam(S.warmup(S.cosine_decay(1e-3, 50), 5))
-    step = jax.jit(lambda s: tx.update(params, s, params))
+    traces = []
+    step = jax.jit(lambda s: traces.append(1) or tx.update(params, s, params))
     state = tx.init(params)
     for peak in (1e-3, 3e-3, 1e-1, 7e-5):
         state = opt.set_hyperparams(state, learning_rate=peak)
         _, state = step(state)
-    assert step._cache_size() == 1
+    assert step._cache_size() == 1 and len(traces) == 1
     assert float(opt.hyperparams(state, settable=True)["learning_rate"]) == 7e-5
 
 
