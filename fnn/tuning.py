@@ -336,7 +336,10 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
 
     Every configuration starts from ``state`` and differs only in the optimizer
     hyperparameters it names (set with :func:`optimizers.set_hyperparams`, kept
-    as data), so the epoch program is compiled once for all of them. Every
+    as data), so the epoch program is compiled once for all of them. For a
+    hyperparameter that follows a schedule the value is the schedule's peak:
+    ``{"learning_rate": 3e-4}`` on warmup + cosine trains with the same schedule
+    scaled to peak at 3e-4 (:mod:`optimizers.schedules`). Every
     value of every configuration is range-checked first (a negative learning
     rate is an error, not gradient ascent). The epochs run through the loop
     :func:`fnn.train.fit` runs (``run_epochs``, epochs numbered from

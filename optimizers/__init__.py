@@ -17,7 +17,8 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
   ``update`` uses the optimizer's own values except those set with
   ``set_hyperparams``; a state from a different optimizer is an error.
 * Any hyperparameter may be a schedule ``step -> value`` (see
-  :mod:`optimizers.schedules`).
+  :mod:`optimizers.schedules`); its peak is data like a number
+  (``set_hyperparams(state, learning_rate=3e-4)`` rescales warmup + cosine).
 * Updates keep the param dtype; hyperparameters and moments are float32 at least
   (float64 for float64 params); low-precision leaves are computed in float32.
 * Scale-free building blocks (``scale_by_adam``, ``scale_by_rms``,

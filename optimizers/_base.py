@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _fused, _mask, _validate
+from . import _fused, _mask, _scheduled, _validate
 from .hyperparams import check_state_matches, used_values
 
 Params = Any
@@ -186,8 +186,10 @@ def from_rule(
     the optimizer's own (its constructor's arguments), except those changed
     with :func:`optimizers.set_hyperparams` (or traced when the state was
     made), where the state's value wins; the used values are written back to
-    the state. A concrete value out of range is an error at construction; a
-    traced one (or a schedule's value) out of range makes the step NaN.
+    the state. A schedule's peak is kept and chosen the same way; the step uses
+    schedule(t) · peak / own peak (:mod:`optimizers._scheduled`). A concrete value
+    out of range is an error at construction; a traced one (or a schedule's
+    value) out of range makes the step NaN.
 
     Args:
       name: the constructor's name, used in error messages.
@@ -218,6 +220,8 @@ def from_rule(
         and :func:`apply_updates` returns ``new_p`` itself.
     """
     fixed, schedules = split_hyperparams(name, hyperparams)
+    peaks = _scheduled.own_peaks(schedules)  # the settable peaks of the schedules, as data
+    own = {**fixed, **peaks}
     moment_init = dict(moment_init or {})
     unused = {f: () for f in state_type._fields}  # fields of moments this configuration lacks
 
@@ -231,10 +235,10 @@ def from_rule(
         check_float_leaves(name, params)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         dtype = hyperparam_dtype(leaves)
-        hyper = {k: jnp.asarray(v, dtype) for k, v in fixed.items()}
+        hyper = {k: jnp.asarray(v, dtype) for k, v in own.items()}
         # A value traced when the state is made (an optimizer built inside jit/vmap from an
         # array) is the state's own data, like a value given to set_hyperparams.
-        overridden = {k: jnp.asarray(isinstance(v, jax.core.Tracer)) for k, v in fixed.items()}
+        overridden = {k: jnp.asarray(isinstance(v, jax.core.Tracer)) for k, v in own.items()}
         first = jnp.zeros((), jnp.int32)
         scheduled = {k: jnp.asarray(s(first), dtype) for k, s in schedules.items()}
         values = {**hyper, **scheduled}
@@ -255,6 +259,7 @@ def from_rule(
                 f"{name}(...).init(params); got {type(state).__name__}."
             )
         check_state_matches(name, state, fixed, schedules)
+        _scheduled.check_peaks(name, state, peaks)
         _check_moments(name, state, moments, grads)
         if params is not None:
             check_same_structure(f"{name}.update", "grads", grads, "params", params)
@@ -265,7 +270,7 @@ def from_rule(
         m_leaves = [treedef.flatten_up_to(getattr(state, m)) for m in moments]
         used = {k: s(state.count) for k, s in schedules.items()}
         values, stored, scheduled = used_values(
-            state.hyperparams, state.overridden, fixed, state.scheduled, used)
+            state.hyperparams, state.overridden, own, state.scheduled, used)
         keep = [True] * len(g_leaves)
         if mask is not None:
             keep = mask_leaves(name, mask, params if params is not None else grads)

@@ -101,7 +101,10 @@ def check(owner: str, name: str, value: Any, *, allow_schedule: bool = True) -> 
     """
     if is_schedule(value):
         if not allow_schedule:
-            raise TypeError(f"{owner}: {name} must be a number, not a schedule.")
+            raise TypeError(
+                f"{owner}: {name} must be a number, not a schedule. A schedule is part of the "
+                "optimizer: build a new optimizer with it, or set its peak with a number (the "
+                "whole schedule is scaled so that its peak is that number).")
         _check_schedule(owner, name, value)
         return
     number = _concrete_scalar(owner, name, value)
@@ -117,8 +120,9 @@ def _check_schedule(owner: str, name: str, schedule: Any) -> None:
     """Checks a schedule's values at the steps where they can be extreme (its ``probe``:
     step 0, the end of a decay, boundaries; only step 0 for a plain function)."""
     for step in getattr(schedule, "probe", (0,)):
-        value = schedule(jnp.asarray(step, jnp.int32))
-        if isinstance(value, jax.core.Tracer):  # built inside a trace: checked in the step
+        with jax.ensure_compile_time_eval():  # as schedules.peak evaluates it: concrete in jit
+            value = schedule(jnp.asarray(step, jnp.int32))
+        if isinstance(value, jax.core.Tracer):  # built from traced values: checked in the step
             return
         array = np.asarray(value)
         if array.dtype.kind not in "fiub" or array.ndim != 0:

@@ -3,7 +3,12 @@
 Every optimizer state built by :func:`optimizers.from_rule` holds its numeric
 hyperparameters as scalar arrays in ``state.hyperparams`` (settable) and, for
 those that follow a schedule, the value used by the last step in
-``state.scheduled`` (read-only: the schedule recomputes it every step). Chains,
+``state.scheduled`` (read-only: the schedule recomputes it every step). A
+schedule's *peak* is settable data too (kept in ``state.hyperparams``; see
+:mod:`optimizers.schedules`): :func:`set_hyperparams` with the name of a
+scheduled hyperparameter multiplies the schedule so that its peak becomes the
+given value, and :func:`hyperparams` still reads the value the last step used
+(``settable=True`` reads the peaks). Chains,
 wrappers and :func:`optimizers.partition` hold such states inside them; these
 functions find them. A *link* names one of them: an int is a chain's (or a
 switch's) link, a str is a partition's group, and a tuple is a path through
@@ -30,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import _validate
+from . import _scheduled, _validate
 
 Link = int | str | tuple[int | str, ...] | None
 
@@ -43,7 +48,8 @@ def _describe(fixed: Any, scheduled: Any) -> str:
 def check_state_matches(owner: str, state: Any, fixed: dict, schedules: dict) -> None:
     """Raises ValueError unless ``state`` holds the hyperparameters of the optimizer stepping it
     (the same names, each fixed or scheduled on both sides). Static: works under jit."""
-    state_fixed, state_scheduled = set(state.hyperparams), set(state.scheduled)
+    state_scheduled = set(state.scheduled)  # names whose peak is kept are in both dicts
+    state_fixed = set(state.hyperparams) - state_scheduled
     if state_fixed == set(fixed) and state_scheduled == set(schedules):
         return
     fix = ("Step the state with the optimizer whose init made it, or make a new state with "
@@ -69,7 +75,9 @@ def used_values(stored: dict, overridden: dict, own: dict, last_scheduled: dict,
 
     A fixed value is the optimizer's own (``own``, the constructor's argument)
     unless ``overridden`` says the state's value was chosen with
-    :func:`set_hyperparams`; a scheduled value is the schedule's. A value out of
+    :func:`set_hyperparams`; a scheduled value is the schedule's, rescaled to the
+    peak chosen the same way when ``own`` has one (:func:`optimizers._scheduled.scale`).
+    A value out of
     its range (possible only when it was not concrete where it was given: traced,
     or a schedule's value) is replaced by NaN in the values used, so that the
     step is visibly NaN and not an ascent.
@@ -83,8 +91,10 @@ def used_values(stored: dict, overridden: dict, own: dict, last_scheduled: dict,
 @jax.jit
 def _used_values(stored, overridden, own, last_scheduled, scheduled):
     fixed = {k: jnp.where(overridden[k], v, jnp.asarray(own[k]).astype(v.dtype))
-             for k, v in stored.items()}
+             for k, v in stored.items()}  # fixed values and the peaks of schedules
     scheduled = {k: jnp.asarray(v).astype(last_scheduled[k].dtype) for k, v in scheduled.items()}
+    scheduled = {k: _scheduled.scale(v, fixed[k], jnp.asarray(own[k]).astype(v.dtype))
+                 if k in fixed else v for k, v in scheduled.items()}
     values = {k: _validate.nan_outside_range(k, v) for k, v in {**fixed, **scheduled}.items()}
     return values, fixed, scheduled
 
@@ -203,11 +213,14 @@ class Hyperparams(dict):
         raise KeyError(f"no hyperparameter {name!r}; this state has {sorted(self)}.")
 
 
-def hyperparams(state: Any, link: Link = None) -> Hyperparams:
+def hyperparams(state: Any, link: Link = None, *, settable: bool = False) -> Hyperparams:
     """Returns the hyperparameters in ``state`` as a dict of scalar arrays.
 
     Scheduled hyperparameters give the value used by the last step (before the
-    first step, the value the first step will use).
+    first step, the value the first step will use). With ``settable=True``, the
+    values :func:`set_hyperparams` sets: the fixed values and, for a scheduled
+    hyperparameter, its schedule's peak (a schedule whose peak cannot be set,
+    such as a plain function, is left out).
 
     Args:
       state: an optimizer state (also a chain's or a wrapper's).
@@ -215,15 +228,20 @@ def hyperparams(state: Any, link: Link = None) -> Hyperparams:
         partition's group label, or a path of them for nested ones (``(1,
         "head")``); None reads all links, and a name owned by two links must
         then be read with ``link=``.
+      settable: read the settable values (peaks of schedules) instead of the used ones.
 
     Example:
         >>> optimizers.hyperparams(state)["learning_rate"]
         >>> optimizers.hyperparams(state, "head")["learning_rate"]   # a partition's group
+        >>> optimizers.hyperparams(state, settable=True)["learning_rate"]  # a schedule's peak
     """
+    if not isinstance(settable, bool):
+        raise TypeError(f"hyperparams: settable must be True or False; got {settable!r}.")
     state, base = _select_link(state, link)
     values, owners = {}, {}
     for path, owner in _owners(state, base):
-        for name, value in {**owner.hyperparams, **owner.scheduled}.items():
+        read = owner.hyperparams if settable else {**owner.hyperparams, **owner.scheduled}
+        for name, value in read.items():
             values[name] = value
             owners.setdefault(name, []).append(path)
     ambiguous = {name: paths for name, paths in owners.items() if len(paths) > 1}
@@ -232,6 +250,13 @@ def hyperparams(state: Any, link: Link = None) -> Hyperparams:
 
 def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
     """Returns ``state`` with hyperparameters replaced; the compiled step is reused.
+
+    For a scheduled hyperparameter the value set is the schedule's peak
+    (:func:`optimizers.schedules.peak`): every later step uses schedule(t) ·
+    value / peak, the whole schedule scaled so that its peak is ``value``
+    (``hyperparams`` still reads the value the last step used, or, before the
+    first step, the value the first step will use). A plain function
+    ``step -> value`` has no known peak and cannot be set (a clear error).
 
     A value set here wins over the value of the optimizer that later steps the
     state (``adam(1e-3).update`` on a state set to ``learning_rate=0.1`` steps at
@@ -267,11 +292,7 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
         holders = [path for path, owner in owners if name in owner.hyperparams]
         if not holders:
             if any(name in owner.scheduled for _, owner in owners):
-                raise ValueError(
-                    f"set_hyperparams: {name} follows a schedule given to the constructor, so it "
-                    "cannot be set. Build the optimizer with a number (then set it), or with "
-                    "a different schedule."
-                )
+                raise ValueError(_scheduled.not_settable(name))
             known = sorted({k for _, o in owners for k in o.hyperparams})
             raise ValueError(
                 f"set_hyperparams: this state has no settable hyperparameter {name!r}; it has "
@@ -303,6 +324,7 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
             if path not in replacements:
                 return node
             new, overridden = dict(node.hyperparams), dict(node.overridden)
+            scheduled = dict(node.scheduled)
             for name, value in replacements[path].items():
                 old = node.hyperparams[name]
                 value = jnp.asarray(value, old.dtype)
@@ -315,7 +337,10 @@ def set_hyperparams(state: Any, link: Link = None, **values: Any) -> Any:
                     )
                 # the user's choice: it now wins over the optimizer's own value in update
                 overridden[name] = jnp.ones(old.shape, bool)
-            return node._replace(hyperparams=new, overridden=overridden)
+                if name in scheduled:  # a schedule's peak
+                    scheduled[name] = _scheduled.rescale_first(
+                        scheduled[name], getattr(node, "count", None), new[name], old)
+            return node._replace(hyperparams=new, overridden=overridden, scheduled=scheduled)
         if field is not None:
             return node._replace(**{field: rebuild(getattr(node, field), path)})
         if _groups(node) is not None:

@@ -11,6 +11,34 @@ decay, the boundaries; only step 0 for a plain function) against the
 hyperparameter's range; a value out of range at any other step (or under
 ``jit``, where nothing can be checked) makes that step's update NaN. Steps
 count from 0: a concrete negative step is an error, a traced one gives NaN.
+
+**Schedules as data: a settable peak times a fixed shape.** A schedule's
+*peak* (:func:`peak`) is its value of largest magnitude at its probe steps:
+the ``init`` of a decay, the cosine's ``init`` in ``warmup(cosine_decay(1e-3,
+1000), 100)``, the largest of ``piecewise_constant``'s values. An optimizer
+keeps the peak of each scheduled hyperparameter in its state as data
+(``state.hyperparams``, beside the value the last step used in
+``state.scheduled``), and the schedule itself, a Python function, as the
+shape. A step uses
+
+    value(t) = schedule(t) · peak_in_state / peak(schedule)
+
+so ``optimizers.set_hyperparams(state, learning_rate=3e-4)`` multiplies the
+whole schedule (its ``start``, ``end`` and floors too: same shape, another
+height) so that its peak becomes 3e-4, with no recompilation, under ``jit``
+and ``vmap`` (``fnn.tuning.parallel_fit`` searches the peak of warmup +
+cosine this way), and ``optimizers.hyperparams(state)`` still reads the value
+the last step used (before the first step: the value the first step will
+use). Which schedules have a settable peak (:attr:`Schedule.scalable`): every
+schedule of this module, joins, warm-ups and arithmetic of them, and a
+``Schedule(fn, description, probe)`` built by the user (who lists in
+``probe`` the steps where ``fn`` is largest). Not settable: a plain function
+``step -> value`` (or a schedule built with one), whose peak is unknown, and a
+schedule whose peak is 0, which no factor can change; ``set_hyperparams``
+says so. The scaled values stay range-checked: a concrete peak out of range is
+an error in ``set_hyperparams`` (the values at the probe steps are in range
+exactly when the peak is, as they all lie between 0 and it), a traced one
+makes the step NaN. (Why a scale, not the arguments as data: :mod:`optimizers._scheduled`.)
 """
 
 from __future__ import annotations
@@ -40,11 +68,16 @@ class Schedule:
     """
 
     def __init__(self, fn: Callable[[jax.Array], jax.Array], description: str,
-                 probe: Sequence[int] = (0,)):
+                 probe: Sequence[int] = (0,), scalable: bool = True):
+        if not isinstance(scalable, bool):
+            raise TypeError(f"Schedule: scalable must be True or False; got {scalable!r}.")
         self._fn = fn
         self._description = description
         #: steps at which the schedule takes its extreme values (checked by optimizers)
         self.probe = tuple(sorted({min(int(s), INT32_MAX) for s in probe}))
+        #: whether :func:`peak` is known, so that ``set_hyperparams`` can scale the schedule
+        #: (False when a plain function ``step -> value`` is part of it)
+        self.scalable = scalable
 
     def __call__(self, step: Any) -> jax.Array:
         """The value at ``step`` (≥ 0).
@@ -80,7 +113,8 @@ class Schedule:
             return op(b, a) if reverse else op(a, b)
         left, right = (other_text, repr(self)) if reverse else (repr(self), other_text)
         return Schedule(fn, f"({left} {symbol} {right})",
-                        self.probe + getattr(other, "probe", (0,)))
+                        self.probe + getattr(other, "probe", (0,)),
+                        self.scalable and (not callable(other) or _scalable(other)))
 
     def __add__(self, other):
         return self._combine(other, jnp.add, "+")
@@ -102,6 +136,56 @@ class Schedule:
 
     def __truediv__(self, other):
         return self._combine(other, jnp.divide, "/")
+
+
+def _scalable(schedule: Any) -> bool:
+    """Whether ``schedule`` is a :class:`Schedule` whose peak is known (not a plain function)."""
+    return isinstance(schedule, Schedule) and schedule.scalable
+
+
+def peak(schedule: Callable) -> jax.Array:
+    """The peak of a schedule: what ``set_hyperparams`` sets for a hyperparameter following it.
+
+    peak = s(t*),  t* = argmax |s(t)| over t in ``schedule.probe`` (the first on ties),
+
+    the steps where the schedule takes its extreme values (step 0, the ends of
+    ramps and decays, the boundaries of joins). An optimizer multiplies the
+    schedule by ``p / peak(schedule)`` when the peak is set to ``p``. For
+    arithmetic on schedules the peak is the largest value at the pieces' probe
+    steps (a sum of a rising and a falling piece can exceed it in between).
+    Traced arguments give a traced peak.
+
+    Raises:
+      TypeError: ``schedule`` is a plain function, or a Schedule built with one
+        (its peak is unknown).
+      ValueError: the peak is 0 (no factor can change the schedule).
+
+    Example:
+        >>> peak(warmup(cosine_decay(1e-3, 1000), steps=100))   # 1e-3
+        >>> peak(piecewise_constant([0.1, 0.5, 0.01], boundaries=[10, 20]))   # 0.5
+    """
+    if not _scalable(schedule):
+        raise TypeError(
+            f"peak: {schedule!r} is a plain function step -> value (or a schedule built with "
+            "one), whose peak is unknown. Build it from optimizers.schedules, or wrap it as "
+            "optimizers.schedules.Schedule(fn, description, probe=[steps where it is largest]).")
+    value = _peak(schedule)
+    if not isinstance(value, jax.core.Tracer) and float(value) == 0:
+        raise ValueError(f"peak: the peak of {schedule!r} is 0; no factor can change it.")
+    return value
+
+
+def _peak(schedule: Schedule) -> jax.Array:
+    """The value of largest magnitude at the probe steps (concrete when the arguments are)."""
+    with jax.ensure_compile_time_eval():  # constants stay concrete inside jit
+        values = [jnp.asarray(schedule(jnp.asarray(step, jnp.int32))).reshape(())
+                  for step in schedule.probe]
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        stacked = jnp.stack([v.astype(jnp.result_type(float)) for v in values])
+        return stacked[jnp.argmax(jnp.abs(stacked))]
+    # concrete: chosen on the host (no extra compiled ops when an optimizer is built)
+    magnitudes = [abs(float(v)) for v in values]
+    return values[magnitudes.index(max(magnitudes))]
 
 
 def _number(owner: str, name: str, value: Any, *, low: float = -math.inf,
@@ -290,7 +374,8 @@ def join(schedules: Sequence[Callable], boundaries: Sequence[int]) -> Schedule:
 
     probe = [start + local for s, start in zip(schedules, starts)
              for local in getattr(s, "probe", (0,))]
-    return Schedule(fn, f"join({list(schedules)!r}, boundaries={list(boundaries)!r})", probe)
+    return Schedule(fn, f"join({list(schedules)!r}, boundaries={list(boundaries)!r})", probe,
+                    all(_scalable(s) for s in schedules))
 
 
 def warmup(schedule: Any, steps: int, start: Any = 0.0) -> Schedule:
@@ -309,4 +394,4 @@ def warmup(schedule: Any, steps: int, start: Any = 0.0) -> Schedule:
                     f"linear({start!r}, …, steps={steps})")
     joined = join([ramp, target], [steps])
     return Schedule(joined, f"warmup({target!r}, steps={steps!r}, start={start!r})",
-                    joined.probe)
+                    joined.probe, joined.scalable)

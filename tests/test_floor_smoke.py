@@ -185,6 +185,11 @@ def test_every_schedule():
     # a scheduled learning rate inside an optimizer: the step uses the value at step 0
     params, _ = _step(opt.sgd(s.linear(1.0, 0.0, 10)), {"w": jnp.ones(2)}, {"w": jnp.ones(2)})
     np.testing.assert_allclose(np.asarray(params["w"]), 0.0, atol=1e-12)
+    # its peak is data: set to 0.25, the schedule is scaled (0.25 at step 0), inside jit
+    tx = opt.sgd(s.warmup(s.cosine_decay(1.0, 10), 2, start=1.0))
+    updates, _ = jax.jit(lambda st: tx.update({"w": jnp.ones(2)}, st))(
+        opt.set_hyperparams(tx.init({"w": jnp.ones(2)}), learning_rate=0.25))
+    np.testing.assert_allclose(np.asarray(updates["w"]), -0.25, rtol=1e-12)
 
 
 def test_every_initializer():

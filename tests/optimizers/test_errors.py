@@ -108,8 +108,9 @@ def test_set_hyperparams_errors():
         opt.set_hyperparams(state, learning_rate=-1.0)
     with pytest.raises(ValueError, match="no settable hyperparameter 'lr'; it has b1, b2, eps, learning_rate"):
         opt.set_hyperparams(state, lr=1.0)
-    scheduled = opt.adam(opt.schedules.constant(1e-3)).init(PARAMS)
-    with pytest.raises(ValueError, match="learning_rate follows a schedule"):
+    # a plain function has no known peak (a Schedule's peak is settable: test_schedules_as_data)
+    scheduled = opt.adam(lambda step: 1e-3).init(PARAMS)
+    with pytest.raises(ValueError, match="learning_rate follows a schedule whose peak cannot be"):
         opt.set_hyperparams(scheduled, learning_rate=1.0)
     chained = opt.chain(opt.adamw(weight_decay=0.1), opt.add_decayed_weights(0.1)).init(PARAMS)
     with pytest.raises(ValueError, match=re.escape("weight_decay is a hyperparameter of several links ((0,), (1,))")):
