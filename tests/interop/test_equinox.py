@@ -6,6 +6,8 @@ tolerance: the two libraries order their float operations differently), and fnn'
 ``apply_updates`` on the same arrays (exactly).
 """
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,12 +20,15 @@ import optimizers as opt
 STEPS = 20
 
 
+@functools.cache
 def problem():
-    model = eqx.nn.MLP(4, 2, width_size=16, depth=2, activation=jnp.tanh,
-                       key=jax.random.key(0), dtype=jnp.float64)
-    kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (64, 4), jnp.float64)
-    y = jnp.stack([jnp.sin(x[:, 0] + x[:, 1]), x[:, 2] * x[:, 3]], axis=1)
+    """(model, loss), built once; the model is made under jit (eager operations compile one
+    by one)."""
+    model = eqx.filter_jit(lambda key: eqx.nn.MLP(4, 2, width_size=16, depth=2,
+                                                  activation=jnp.tanh, key=key,
+                                                  dtype=jnp.float64))(jax.random.key(0))
+    x = np.random.default_rng(1).normal(size=(64, 4))
+    y = np.stack([np.sin(x[:, 0] + x[:, 1]), x[:, 2] * x[:, 3]], axis=1)
 
     def loss(model):
         return jnp.mean((jax.vmap(model)(x) - y) ** 2)
@@ -38,8 +43,6 @@ def is_weight(tree):
 
 PAIRS = {  # (fnn, optax) with the same conventions
     "adam": (lambda: opt.adam(0.01), lambda: optax.adam(0.01)),
-    "nesterov": (lambda: opt.momentum(0.02, momentum=0.9, nesterov=True),
-                 lambda: optax.sgd(0.02, momentum=0.9, nesterov=True)),
     "adamw_masked": (lambda: opt.adamw(0.01, weight_decay=0.1, mask=is_weight),
                      lambda: optax.adamw(0.01, weight_decay=0.1, mask=is_weight)),
     # optax's AdaGrad convention, reproduced by fnn's options
@@ -50,26 +53,29 @@ PAIRS = {  # (fnn, optax) with the same conventions
 
 
 def train(tx, model, loss, steps=STEPS):
-    """The Equinox idiom: state for the array leaves only, eqx.apply_updates to step."""
+    """The Equinox idiom: state for the array leaves only, eqx.apply_updates to step.
+    Returns the trained model, its optimizer state and the losses before and after."""
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit
     def step(model, opt_state):
-        grads = eqx.filter_grad(loss)(model)
+        value, grads = eqx.filter_value_and_grad(loss)(model)
         updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state
+        return eqx.apply_updates(model, updates), opt_state, value
 
+    losses = []
     for _ in range(steps):
-        model, opt_state = step(model, opt_state)
-    return model, opt_state
+        model, opt_state, value = step(model, opt_state)
+        losses.append(float(value))
+    return model, opt_state, losses
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_fnn_in_equinox_equals_optax_in_equinox(name):
     model, loss = problem()
-    ours, ours_state = train(PAIRS[name][0](), model, loss)
-    theirs, _ = train(PAIRS[name][1](), model, loss)
-    assert float(loss(ours)) < 0.7 * float(loss(model)), "training did not train"
+    ours, ours_state, losses = train(PAIRS[name][0](), model, loss)
+    theirs, _, _ = train(PAIRS[name][1](), model, loss)
+    assert losses[-1] < 0.7 * losses[0], "training did not train"
     # the static part (activation, shapes) comes back untouched
     assert eqx.tree_equal(eqx.filter(ours, eqx.is_array, inverse=True),
                           eqx.filter(model, eqx.is_array, inverse=True))
@@ -85,7 +91,7 @@ def test_eqx_apply_updates_equals_fnn_apply_updates_on_the_partition():
     and ``optimizers.apply_updates``) equal the Equinox idiom bit for bit."""
     model, loss = problem()
     tx = opt.chain(opt.clip_by_global_norm(0.5), opt.adagrad(0.1))
-    via_eqx, state_eqx = train(tx, model, loss)
+    via_eqx, state_eqx, _ = train(tx, model, loss)
 
     params, static = eqx.partition(model, eqx.is_array)
 
@@ -98,20 +104,8 @@ def test_eqx_apply_updates_equals_fnn_apply_updates_on_the_partition():
     opt_state = tx.init(params)
     for _ in range(STEPS):
         params, opt_state = step(params, opt_state)
-    assert bool(eqx.tree_equal(eqx.combine(params, static), via_eqx))
+    combined = eqx.combine(params, static)
+    assert jax.tree.structure(combined) == jax.tree.structure(via_eqx)
     assert jax.tree.structure(opt_state) == jax.tree.structure(state_eqx)
-    for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state_eqx)):
+    for a, b in zip(jax.tree.leaves((combined, opt_state)), jax.tree.leaves((via_eqx, state_eqx))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_fnn_adagrad_defaults_are_not_optax_defaults_in_equinox():
-    """The same code with fnn's AdaGrad defaults (h₀ = 0, ε outside the root) trains
-    differently from optax.adagrad (h₀ = 0.1, ε inside): the conventions are not
-    interchangeable, which the README's table says."""
-    model, loss = problem()
-    ours, _ = train(opt.adagrad(0.1), model, loss, steps=3)
-    theirs, _ = train(optax.adagrad(0.1), model, loss, steps=3)
-    difference = max(float(jnp.abs(a - b).max()) for a, b in zip(
-        jax.tree.leaves(eqx.filter(ours, eqx.is_array)),
-        jax.tree.leaves(eqx.filter(theirs, eqx.is_array))))
-    assert difference > 1e-3

@@ -5,6 +5,7 @@ The reference for every training run is fnn's own loop, ``tx.update`` followed b
 ``TrainState.apply_gradients`` (``tx.update`` then ``optax.apply_updates``).
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -27,10 +28,20 @@ class MLP(nn.Module):
         return nn.Dense(3, param_dtype=jnp.float32)(x)
 
 
-def data():
-    kx, ky = jax.random.split(jax.random.key(1))
-    return (jax.random.normal(kx, (32, 8), jnp.float32),
-            jax.random.normal(ky, (32, 3), jnp.float32))
+@functools.cache
+def problem():
+    """(params, loss) of a small regression with a linen MLP; built once (eager operations
+    compile one by one, so the set-up is jitted and the data is NumPy)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 8)).astype(np.float32)
+    y = rng.normal(size=(32, 3)).astype(np.float32)
+    model = MLP()
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+
+    def loss(params):
+        return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
+
+    return params, loss
 
 
 def is_kernel(params):
@@ -83,17 +94,12 @@ def assert_trees_equal(a, b):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_train_state_apply_gradients_equals_the_fnn_loop(name):
-    x, y = data()
-    model = MLP()
-    params = model.init(jax.random.key(0), x)["params"]
-
-    def loss(params):
-        return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
-
+    params, loss = problem()
     tx = OPTIMIZERS[name]()
     state, (params_ours, opt_state_ours), _ = run_both(tx, params, lambda p, i: jax.grad(loss)(p))
     assert int(state.step) == STEPS
-    assert float(loss(state.params)) < 0.8 * float(loss(params)), "training did not train"
+    before, after = jax.jit(lambda a, b: (loss(a), loss(b)))(params, state.params)
+    assert float(after) < 0.8 * float(before), "training did not train"
     assert_trees_equal(state.params, params_ours)  # small leaves: the same XLA arithmetic
     assert_trees_equal(state.opt_state, opt_state_ours)  # NamedTuple types included
     if name == "frozen_biases":
@@ -105,27 +111,21 @@ def test_train_state_apply_gradients_equals_the_fnn_loop(name):
 def test_hyperparams_of_a_train_state_change_without_recompiling():
     """Hyperparameters are data in the opt_state Flax carries: set_hyperparams on
     ``state.opt_state`` changes the rate, and the jitted step does not recompile."""
-    x, y = data()
-    model = MLP()
-    params = model.init(jax.random.key(0), x)["params"]
-
-    def loss(params):
-        return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
-
+    params, loss = problem()
     tx = opt.sgd(0.1)
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    step = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(loss)(s.params)))
-    state = step(step(state))  # the second call: ``step`` is an array now (create's is an int)
-    compiled = step._cache_size()
+    state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    state = state.replace(step=jnp.zeros((), jnp.int32))  # an array, as after a step
+    step = jax.jit(lambda s: (s.apply_gradients(grads=jax.grad(loss)(s.params)),
+                              jax.grad(loss)(s.params)))
+    state, _ = step(state)
     slow = state.replace(opt_state=opt.set_hyperparams(state.opt_state, learning_rate=0.01))
-    after = step(slow)
-    assert step._cache_size() == compiled
+    after, g = step(slow)
+    assert step._cache_size() == 1
     assert float(opt.hyperparams(after.opt_state)["learning_rate"]) == pytest.approx(0.01)
-    g = jax.grad(loss)(slow.params)
     for p0, p1, gi in zip(jax.tree.leaves(slow.params), jax.tree.leaves(after.params),
                           jax.tree.leaves(g)):
-        np.testing.assert_allclose(np.asarray(p1), np.asarray(p0 - np.float32(0.01) * gi),
-                                   rtol=1e-6, atol=1e-7)
+        p0, gi = np.asarray(p0, np.float64), np.asarray(gi, np.float64)
+        np.testing.assert_allclose(np.asarray(p1), p0 - 0.01 * gi, rtol=1e-6, atol=1e-7)
 
 
 BIG = 1 << 16  # float32 leaves of >= 65,536 elements take the one-pass kernels
@@ -147,11 +147,11 @@ def test_one_pass_kernel_leaves_within_the_rounding_of_p_new_minus_p(name):
     after N steps the two runs differ by at most N ulps of the largest |p|."""
     make, target = KERNELS[name]
     tx = make()
-    kp, kg = jax.random.split(jax.random.key(3))
-    params = {"w": jax.random.normal(kp, (BIG // 256, 256), jnp.float32) * 0.05,
-              "b": jnp.zeros(4, jnp.float32)}
-    grads = {"w": jax.random.normal(kg, (STEPS, BIG // 256, 256), jnp.float32),
-             "b": jnp.ones((STEPS, 4), jnp.float32)}
+    rng = np.random.default_rng(3)
+    params = {"w": (rng.normal(size=(BIG // 256, 256)) * 0.05).astype(np.float32),
+              "b": np.zeros(4, np.float32)}
+    grads = jax.device_put({"w": rng.normal(size=(STEPS, BIG // 256, 256)).astype(np.float32),
+                            "b": np.ones((STEPS, 4), np.float32)})
     state, (params_ours, opt_state_ours), hlo = run_both(
         tx, params, lambda p, i: jax.tree.map(lambda g: g[i], grads))
     assert target in hlo(), "the kernel path was not taken"
@@ -162,24 +162,6 @@ def test_one_pass_kernel_leaves_within_the_rounding_of_p_new_minus_p(name):
     assert error <= bound, f"{name}: max |Δp| {error:.3g} > {bound:.3g}"
     np.testing.assert_array_equal(np.asarray(state.params["b"]), np.asarray(params_ours["b"]))
     assert_trees_equal(state.opt_state, opt_state_ours)  # the moments see the same gradients
-
-
-def test_one_pass_kernel_training_stays_within_float32_rounding():
-    """The same comparison with gradients that depend on the params (least squares over a
-    kernel-sized weight): differences of one rounding per step are carried by the loss into
-    every coordinate, so the bound is a relative float32 tolerance, not N ulps."""
-    kw, kx, ky = jax.random.split(jax.random.key(4), 3)
-    params = {"w": jax.random.normal(kw, (BIG // 4, 4), jnp.float32) * 0.3}
-    x = jax.random.normal(kx, (16, BIG // 4), jnp.float32) / math.sqrt(BIG // 4)
-    y = jax.random.normal(ky, (16, 4), jnp.float32)
-
-    def loss(params):
-        return jnp.mean((x @ params["w"] - y) ** 2)
-
-    state, (ours, _), _ = run_both(opt.adam(0.01), params, lambda p, i: jax.grad(loss)(p))
-    assert float(loss(state.params)) < float(loss(params))
-    error = np.abs(np.asarray(state.params["w"]) - np.asarray(ours["w"])).max()
-    assert error < 1e-5 * np.abs(np.asarray(ours["w"])).max(), error
 
 
 # ----------------------------------------------------------------------------- kernel_init

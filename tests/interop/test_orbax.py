@@ -6,6 +6,7 @@ and a run resumed in a fresh process equal to an uninterrupted one.
 checkpoint is tests/multidevice/test_checkpoint.py.)
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # state with every kind of node: a chain inside skip_nonfinite, masked wrappers (the frozen
 # first layer's MaskedNode placeholders), AdamW's mask and a schedule (``scheduled``).
 PROBLEM = '''
-import jax, jax.numpy as jnp
+import jax, jax.numpy as jnp, numpy as np
 import fnn, optimizers as opt
 from fnn import train
 
@@ -40,21 +41,29 @@ def trainable(params):  # a prefix mask: the first layer is frozen (fine-tuning)
     return {name: not name.startswith("0_") for name in params}
 
 
+def decaying(step):  # a learning-rate schedule (a plain function: the state's ``scheduled``)
+    return 0.02 * 0.95 ** step
+
+
 def build():
     model = fnn.serial(fnn.Dense(16), fnn.BatchNorm(), fnn.Relu(), fnn.Dropout(0.2), fnn.Dense(3))
-    _, params, model_state = model.init(jax.random.key(0), (-1, 8), jnp.float32)
+    params, model_state = jax.jit(lambda key: model.init(key, (-1, 8), jnp.float32)[1:])(
+        jax.random.key(0))
     tx = opt.skip_nonfinite(opt.chain(
         opt.clip_by_global_norm(1.0),
         opt.masked(opt.add_decayed_weights(1e-3), is_weight),
-        opt.masked(opt.adamw(opt.schedules.cosine_decay(0.02, 40), weight_decay=0.01,
+        opt.masked(opt.adamw(decaying, weight_decay=0.01,
                              mask=is_weight), trainable)))
-    x = jax.random.normal(jax.random.key(1), (STEPS, 16, 8), jnp.float32)
-    y = jax.random.randint(jax.random.key(2), (STEPS, 16), 0, 3)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(STEPS, 16, 8)).astype(np.float32)
+    y = rng.integers(0, 3, size=(STEPS, 16)).astype(np.int32)
     loss_fn, _ = train.classifier(model)
-    step = train.make_train_step(loss_fn, tx)
+    step = train.make_train_step(loss_fn, tx, donate=False)  # states are compared after
 
     def run(state, stop):
-        """Steps from state.step to ``stop``; step i sees batch i and its own dropout key."""
+        """Steps from state.step to ``stop``; step i sees batch i and its own dropout key
+        (the state committed to the device, as a restored one is: the step compiles once)."""
+        state = jax.device_put(state, jax.devices()[0])
         for i in range(int(state.step), stop):
             state, _ = step(state, (x[i], y[i]), jax.random.fold_in(jax.random.key(3), i))
         return state
@@ -65,9 +74,7 @@ def build():
 # argv: mode ("first" or "resume"), checkpoint directory, output .npz
 FRESH = PROBLEM + '''
 import sys
-import numpy as np
 import orbax.checkpoint as ocp
-jax.config.update("jax_enable_x64", True)  # as in the test session (tests/conftest.py)
 mode, directory, output = sys.argv[1:]
 params, model_state, tx, run = build()
 with ocp.StandardCheckpointer() as checkpointer:
@@ -85,9 +92,12 @@ np.savez(output, *[np.asarray(leaf) for leaf in jax.tree.leaves(state)])
 '''
 
 
+@functools.cache
 def problem():
+    """PROBLEM's names, built once (one compiled step for the tests of this process)."""
     namespace = {}
     exec(compile(PROBLEM, "PROBLEM", "exec"), namespace)
+    namespace["built"] = namespace["build"]()
     return namespace
 
 
@@ -130,7 +140,7 @@ def test_train_state_round_trips_bit_exactly_with_orbax(tmp_path):
     from fnn import train
 
     ns = problem()
-    params, model_state, tx, run = ns["build"]()
+    params, model_state, tx, run = ns["built"]
     state = run(train.init_train_state(params, model_state, tx), ns["SPLIT"])
     assert not np.allclose(np.asarray(state.model_state["1_batchnorm"]["mean"]), 0.0)
     np.testing.assert_array_equal(np.asarray(state.params["0_dense"]["w"]),
@@ -149,23 +159,23 @@ def test_train_state_round_trips_bit_exactly_with_orbax(tmp_path):
                                            "MaskedState", "AdamState", "MaskedNode"}
     assert opt.hyperparams(restored.opt_state, link=2)["learning_rate"] == \
         opt.hyperparams(state.opt_state, link=2)["learning_rate"]
-    # one more step from each (run donates its input: give it copies)
-    copy = lambda tree: jax.tree.map(jnp.array, tree)
-    assert_bit_exact(run(copy(restored), ns["SPLIT"] + 1), run(copy(state), ns["SPLIT"] + 1))
+    # one more step from each
+    assert_bit_exact(run(restored, ns["SPLIT"] + 1), run(state, ns["SPLIT"] + 1))
 
 
 def test_masked_state_with_none_leaves_round_trips(tmp_path):
     """None leaves in the params (a slot with no array) stay None, MaskedNode placeholders
     stay MaskedNode, in a masked optimizer nested in another masked one."""
-    params = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.ones(2), "slot": None,
-              "head": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
+    params = {"w": np.arange(6.0).reshape(3, 2), "b": np.ones(2), "slot": None,
+              "head": {"w": np.ones((2, 2)), "b": np.zeros(2)}}
     mask = {"w": True, "b": False, "slot": False, "head": True}
     inner = {"w": True, "b": False, "slot": False, "head": {"w": True, "b": False}}
     tx = opt.masked(opt.chain(opt.masked(opt.clip(0.5), inner), opt.momentum(0.1)), mask)
+    update = jax.jit(tx.update)
     state = tx.init(params)
-    grads = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params)
+    grads = jax.tree.map(lambda p: np.full(p.shape, 2.0), params)
     for _ in range(3):
-        _, state = tx.update(grads, state, params)
+        _, state = update(grads, state, params)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "opt", state)
         checkpointer.wait_until_finished()
@@ -177,7 +187,7 @@ def test_masked_state_with_none_leaves_round_trips(tmp_path):
     np.testing.assert_allclose(np.asarray(velocity["w"]), 0.5 * (1 + 0.9 + 0.81), rtol=1e-15)
     np.testing.assert_allclose(np.asarray(velocity["head"]["b"]), 2 * (1 + 0.9 + 0.81),
                                rtol=1e-15)
-    assert_bit_exact(tx.update(grads, restored, params), tx.update(grads, state, params))
+    assert_bit_exact(update(grads, restored, params), update(grads, state, params))
 
 
 def test_flax_serialization_round_trip_of_a_train_state():
@@ -189,7 +199,7 @@ def test_flax_serialization_round_trip_of_a_train_state():
     from fnn import train
 
     ns = problem()
-    params, model_state, tx, run = ns["build"]()
+    params, model_state, tx, run = ns["built"]
     state = run(train.init_train_state(params, model_state, tx), 3)
     blank = train.init_train_state(params, model_state, tx)
     restored = serialization.from_bytes(blank, serialization.to_bytes(state))
@@ -205,8 +215,11 @@ def test_flax_train_state_with_an_fnn_tx_round_trips(tmp_path):
     params = {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(3, 2), "b": jnp.zeros(2)}
     tx = opt.chain(opt.clip_by_global_norm(1.0), opt.adam(0.1))
     state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    state = state.replace(step=jnp.zeros((), jnp.int32))  # an array, as restored
+    step = jax.jit(lambda state, g: state.apply_gradients(grads=g))
+    g = jax.tree.map(jnp.ones_like, params)
     for _ in range(2):
-        state = state.apply_gradients(grads=jax.tree.map(jnp.ones_like, params))
+        state = step(state, g)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "flax", state)
         checkpointer.wait_until_finished()
@@ -215,8 +228,7 @@ def test_flax_train_state_with_an_fnn_tx_round_trips(tmp_path):
         restored = checkpointer.restore(tmp_path / "flax", target)
     assert restored.tx is tx and int(restored.step) == 2
     assert_bit_exact((restored.params, restored.opt_state), (state.params, state.opt_state))
-    g = jax.tree.map(jnp.ones_like, params)
-    assert_bit_exact(restored.apply_gradients(grads=g).params, state.apply_gradients(grads=g).params)
+    assert_bit_exact(step(restored, g).params, step(state, g).params)
 
 
 def test_a_run_resumed_in_a_fresh_process_equals_an_uninterrupted_one(tmp_path):
