@@ -89,6 +89,11 @@ CASES = {
     # Adam / AdamW: one convention; AdamW's default λ differs (fnn 0.01 as torch, optax 1e-4)
     "adam": (opt.adam(0.01), optax.adam(0.01), "equal", ()),
     "adam_schedule": (opt.adam(decaying), optax.adam(decaying), "equal", ()),
+    # schedules cross over: an optax schedule in an fnn optimizer and the other way round
+    "optax_schedule_in_fnn": (opt.adam(optax.cosine_decay_schedule(0.02, STEPS)),
+                              optax.adam(optax.cosine_decay_schedule(0.02, STEPS)), "equal", ()),
+    "fnn_schedule_in_optax": (opt.adam(schedules.cosine_decay(0.02, STEPS)),
+                              optax.adam(schedules.cosine_decay(0.02, STEPS)), "equal", ()),
     "adamw_masked": (opt.adamw(0.01, weight_decay=0.1, mask=is_weight),
                      optax.adamw(0.01, weight_decay=0.1, mask=is_weight), "equal", ()),
     "adamw_defaults": (opt.adamw(0.01), optax.adamw(0.01), "differs", ()),
@@ -105,6 +110,13 @@ CASES = {
         optax.chain(optax.clip_by_global_norm(1.0),
                     optax.add_decayed_weights(1e-2, mask=is_weight), optax.adam(0.01)),
         "equal", ()),
+    # the libraries mix in one chain: an optax transform as a link of fnn's chain
+    "optax_link_in_fnn_chain": (opt.chain(optax.clip_by_global_norm(0.5), opt.adam(0.01)),
+                                optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.01)),
+                                "equal", ()),
+    "fnn_link_in_optax_chain": (optax.chain(opt.clip_by_global_norm(0.5), optax.adam(0.01)),
+                                optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.01)),
+                                "equal", ()),
     # masked around a gradient transform: the same (left-out leaves pass through)
     "masked_transform": (opt.chain(opt.masked(opt.clip(0.1), is_weight), opt.sgd(0.1)),
                          optax.chain(optax.masked(optax.clip(0.1), is_weight), optax.sgd(0.1)),

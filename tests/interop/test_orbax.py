@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 import optimizers as opt
 
@@ -188,6 +189,20 @@ def test_masked_state_with_none_leaves_round_trips(tmp_path):
     np.testing.assert_allclose(np.asarray(velocity["head"]["b"]), 2 * (1 + 0.9 + 0.81),
                                rtol=1e-15)
     assert_bit_exact(update(grads, restored, params), update(grads, state, params))
+
+
+def test_without_a_target_orbax_gives_dicts_which_update_refuses(tmp_path):
+    """The README's advice to restore into a target: without one the NamedTuples come back as
+    plain dicts, and the optimizer says which state it expected."""
+    params = {"w": np.ones(3)}
+    tx = opt.skip_nonfinite(opt.adam(0.1))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "opt", tx.init(params))
+        checkpointer.wait_until_finished()
+        untyped = checkpointer.restore(tmp_path / "opt")
+    assert type(untyped) is dict and type(untyped["inner"]) is dict
+    with pytest.raises(TypeError, match="SkipNonfiniteState"):
+        tx.update(params, untyped, params)
 
 
 def test_flax_serialization_round_trip_of_a_train_state():
