@@ -29,6 +29,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from timing import rotated
 
 import optimizers as opt
@@ -41,8 +42,6 @@ def problem():
     x, y = data.load_digits()
     (x_train, y_train), _ = data.train_val_split(jax.random.key(0), (x, y), 0.2)
     x_train = data.standardize(x_train)(x_train)
-    import numpy as np
-
     x_host, y_host = np.asarray(x_train, np.float32), np.asarray(y_train, np.int32)
     model = cli.mlp(256, 0.2, 10)
     _, params, model_state = model.init(jax.random.key(1), (-1, 64), jnp.float32)
@@ -85,7 +84,7 @@ def main() -> None:
     runs = contenders(host, loss_fn, tx, state, jax.random.key(2), args.epochs,
                       args.steps_per_call)
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():  # warm-up: imports, first compilations, thread start-up
+    for run in runs.values():  # warm-up: imports, first compilations, thread start-up
         run()
     for r in range(args.repeats):
         for name in rotated(list(runs), r):
