@@ -44,48 +44,14 @@ class Prefetcher:
     """
 
     def __init__(self, iterable: Iterable, size: int, sharding: Any, transform: Callable | None):
-        self._source = iter(iterable)
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
-        self._sharding, self._transform = sharding, transform
         self._finished = False
-        self._thread = threading.Thread(target=self._produce, name="fnn-prefetch", daemon=True)
+        # the thread holds no reference to self: an abandoned Prefetcher is collected and stops it
+        self._thread = threading.Thread(
+            target=_produce, args=(iter(iterable), self._queue, self._stop, _placer(sharding),
+                                   transform), name="fnn-prefetch", daemon=True)
         self._thread.start()
-
-    def _place(self, batch: Any) -> Any:
-        sharding = self._sharding
-        if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
-            return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding(x)), batch)
-        return jax.device_put(batch, sharding)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        try:
-            for batch in self._source:
-                if self._stop.is_set():
-                    return
-                if self._transform is not None:
-                    batch = self._transform(batch)
-                if not self._put(self._place(batch)):
-                    return
-            self._put(_DONE)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-            self._put(_Failure(error))
-        finally:
-            close = getattr(self._source, "close", None)
-            if close is not None:  # a generator's finally runs in the thread that ran it
-                try:
-                    close()
-                except Exception:  # noqa: BLE001 - closing must not hide the real outcome
-                    pass
 
     def __iter__(self) -> Prefetcher:
         return self
@@ -124,6 +90,44 @@ class Prefetcher:
         if not getattr(self, "_finished", True):
             self._finished = True
             self._stop.set()
+
+
+def _placer(sharding: Any) -> Callable[[Any], Any]:
+    if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+        return lambda batch: jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding(x)), batch)
+    return lambda batch: jax.device_put(batch, sharding)
+
+
+def _put(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(source: Iterator, out: queue.Queue, stop: threading.Event,
+             place: Callable, transform: Callable | None) -> None:
+    try:
+        for batch in source:
+            if stop.is_set():
+                return
+            if transform is not None:
+                batch = transform(batch)
+            if not _put(out, stop, place(batch)):
+                return
+        _put(out, stop, _DONE)
+    except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
+        _put(out, stop, _Failure(error))
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:  # a generator's finally runs in the thread that ran it
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+                pass
 
 
 def prefetch(iterable: Iterable, size: int = 2, sharding: Any = None) -> Prefetcher:

@@ -12,6 +12,10 @@ step that donates the previous :class:`TrainState` (params, model state and
 optimizer state are updated in place). :func:`make_epoch` compiles a whole
 epoch (shuffle, then ``lax.scan`` over the mini-batches) into one program, and
 :func:`fit` runs epochs with a progress bar and keeps a history of metrics.
+:func:`fit` also trains from batches that are not one device array (a function
+``epoch -> iterable``, a generator, a memmap with ``stream=True``), moved to the
+device ahead of use by :func:`prefetch`; :func:`evaluate` is compiled and
+batched; :mod:`fnn.callbacks` log, stop early and checkpoint.
 
 Everything is deterministic given the key, and :func:`fit` continues from the
 state's step counter: ``fit`` for 5 epochs, save, restore, ``fit`` for 5 more
