@@ -28,7 +28,7 @@ def _label_checker(model: Any) -> Callable:
         example = jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)[1:]), jnp.result_type(x))
         leaves, treedef = jax.tree_util.tree_flatten((params, model_state))
         signature = (example.shape, example.dtype, treedef,
-                     tuple((np.shape(a), jnp.result_type(a)) for a in leaves))
+                     tuple((np.shape(a), getattr(a, "dtype", type(a))) for a in leaves))
         if signature not in classes_of:  # streamed data check every batch: trace the model once
             logits = jax.eval_shape(lambda p, s, xb: model.apply(p, s, xb)[0],
                                     params, model_state, example)
