@@ -9,10 +9,10 @@
 
 The layer contract is documented once in :mod:`fnn.layers.base`. Submodules:
 :mod:`fnn.activations`, :mod:`fnn.losses`, :mod:`fnn.gradcheck`, :mod:`fnn.data`,
-:mod:`fnn.train`, :mod:`fnn.tuning`; ``python -m fnn`` runs the main job.
+:mod:`fnn.train`, :mod:`fnn.callbacks`, :mod:`fnn.tuning`; ``python -m fnn`` runs the main job.
 """
 
-from . import activations, data, gradcheck, losses, sharding, train, tuning
+from . import activations, callbacks, data, gradcheck, losses, sharding, train, tuning
 from .layers import (
     Activation,
     AvgPool2D,
@@ -44,6 +44,6 @@ from .layers import (
 __all__ = [
     "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
     "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
-    "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "activations", "data",
-    "gradcheck", "losses", "parallel", "residual", "serial", "sharding", "train", "tuning",
+    "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "activations", "callbacks",
+    "data", "gradcheck", "losses", "parallel", "residual", "serial", "sharding", "train", "tuning",
 ]

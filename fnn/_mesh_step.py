@@ -91,7 +91,8 @@ def _onto(tree: Any, sharding: Any) -> Any:
 
 def jit_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
               drop_remainder: bool = False, mesh: Any = None, batch_axis: str = "data",
-              sharding: Any = None, state: Any = None, donate: bool = True) -> Callable:
+              sharding: Any = None, state: Any = None, donate: bool = True,
+              step_metrics: bool = False) -> Callable:
     """:func:`make_epoch`, jit-compiled, donating the state; on a ``mesh``, with the placement kept.
 
     Without a mesh this is ``jax.jit(make_epoch(...), donate_argnums=0)``. With
@@ -101,6 +102,7 @@ def jit_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
     and out-shardings, the data are replicated and every mini-batch is split
     over ``batch_axis``. ``state`` (arrays or ``jax.ShapeDtypeStruct`` s) is
     needed with a mesh; ``lower`` accepts shapes alone, for compiling ahead.
+    ``step_metrics`` as in :func:`make_epoch`.
 
     Example:
         >>> epoch = fnn.train.jit_epoch(loss_fn, tx, 64, mesh=mesh, state=state)
@@ -112,8 +114,8 @@ def jit_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
     if mesh is None:
         if sharding is not None:
             raise ValueError("jit_epoch: sharding= needs a mesh; pass mesh= too.")
-        return jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder),
-                       donate_argnums=donate_argnums)
+        return jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder,
+                                  step_metrics=step_metrics), donate_argnums=donate_argnums)
     mesh = _sharding.auto_mesh("jit_epoch", mesh, batch_axis)
     if state is None:
         raise ValueError("jit_epoch: with a mesh, pass the state (or jax.eval_shape of it) as "
@@ -123,7 +125,8 @@ def jit_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
         _sharding.resolve("jit_epoch", state, mesh, sharding, batch_axis)
     replicated = _sharding.replicated(mesh)
     jitted = jax.jit(make_epoch(loss_fn, tx, batch_size, drop_remainder=drop_remainder,
-                                mesh=mesh, batch_axis=batch_axis, sharding=placement),
+                                mesh=mesh, batch_axis=batch_axis, sharding=placement,
+                                step_metrics=step_metrics),
                      in_shardings=(placement, replicated, replicated),
                      out_shardings=(placement, replicated), donate_argnums=donate_argnums)
 

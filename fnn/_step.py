@@ -253,7 +253,7 @@ def epoch_layout(owner: str, n: int, batch_size: int, drop_remainder: bool) -> t
 
 def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
                drop_remainder: bool = False, mesh: Any = None, batch_axis: str = "data",
-               sharding: Any = "replicated") -> Callable:
+               sharding: Any = "replicated", step_metrics: bool = False) -> Callable:
     """One epoch as a single pure function ``epoch(state, data, key) -> (state, metrics)``.
 
     The examples are shuffled with ``key``, cut into mini-batches of
@@ -271,14 +271,17 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
     ``NamedSharding`` from :func:`fnn.sharding.state_shardings`) throughout the
     epoch; :func:`jit_epoch` jits it with matching in- and out-shardings.
 
+    With ``step_metrics=True`` the epoch returns ``(state, (metrics,
+    per_step))``, ``per_step`` holding each metric of every step (in order).
+
     Example:
         >>> epoch = jax.jit(fnn.train.make_epoch(loss_fn, tx, 64), donate_argnums=0)
         >>> state, metrics = epoch(state, (x_train, y_train), jax.random.key(1))
     """
     batch_size = _check_int("make_epoch", "batch_size", batch_size, 1)
-    if not isinstance(drop_remainder, bool):
-        raise TypeError(f"make_epoch: drop_remainder must be True or False; got "
-                        f"{drop_remainder!r}.")
+    for name, flag in (("drop_remainder", drop_remainder), ("step_metrics", step_metrics)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"make_epoch: {name} must be True or False; got {flag!r}.")
     if mesh is not None:
         mesh = _sharding.auto_mesh("make_epoch", mesh, batch_axis)
         if not isinstance(sharding, TrainState):
@@ -323,7 +326,8 @@ def make_epoch(loss_fn: LossFn, tx: opt.Optimizer, batch_size: int, *,
             metrics.append(jax.tree_util.tree_map(lambda x: x[None], final))
             weights.append(jnp.full((1,), last, jnp.float32))
         stacked = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *metrics)
-        return state, _mean_metrics(stacked, jnp.concatenate(weights))
+        means = _mean_metrics(stacked, jnp.concatenate(weights))
+        return state, ((means, stacked) if step_metrics else means)
 
     return epoch
 
