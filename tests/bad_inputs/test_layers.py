@@ -121,7 +121,7 @@ BAD = [  # (id, call, exception, the message must contain — literal text)
      lambda: fnn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), key=jax.random.split(KEY, 2), train=True),
      ValueError, "key must be a single PRNG key; got a batch of keys of shape (2,)"),
     ("parallel.apply int key",
-     lambda: fnn.parallel(fnn.Relu()).apply({"0_relu": {}}, {"0_relu": {}}, (jnp.ones(2),), key=1),
+     lambda: fnn.parallel(fnn.Relu()).apply({"relu_0": {}}, {"relu_0": {}}, (jnp.ones(2),), key=1),
      TypeError, "parallel.apply: key must be a JAX PRNG key"),
     ("residual.init float key", lambda: fnn.residual(fnn.Relu()).init(1.5, (-1, 2)), TypeError,
      "residual.init: key must be a JAX PRNG key"),
@@ -168,10 +168,10 @@ BAD = [  # (id, call, exception, the message must contain — literal text)
      ValueError, "got a batch of 1 example(s) (input shape (1, 4))"),
     ("residual body changes the shape at apply",
      lambda: fnn.residual(fnn.Activation(lambda x: x[:, :2], "first_two")).apply(
-         {"0_firsttwo": {}}, {"0_firsttwo": {}}, jnp.ones((2, 3))), ValueError,
+         {"firsttwo_0": {}}, {"firsttwo_0": {}}, jnp.ones((2, 3))), ValueError,
      "residual: the block maps an input of shape (2, 3) to (2, 2)"),
     ("parallel.apply not a tuple",
-     lambda: fnn.parallel(fnn.Relu()).apply({"0_relu": {}}, {"0_relu": {}}, jnp.ones(2)), ValueError,
+     lambda: fnn.parallel(fnn.Relu()).apply({"relu_0": {}}, {"relu_0": {}}, jnp.ones(2)), ValueError,
      "parallel: expected a tuple of 1 inputs"),
     # losses
     ("CE label 3 of 3 classes", lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3])),

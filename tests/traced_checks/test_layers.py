@@ -262,7 +262,7 @@ def test_keys_are_checked_but_traced_and_vmapped_keys_pass():
     legacy = jax.random.PRNGKey(0)  # the uint32[2] keys work too
     assert run(legacy).shape == (2, 4)
     _, p2, _ = jax.jit(lambda k: model.init(k, (-1, 3)))(KEY)
-    np.testing.assert_allclose(np.asarray(p2["0_dense"]["w"]), np.asarray(params["0_dense"]["w"]))
+    np.testing.assert_allclose(np.asarray(p2["dense_0"]["w"]), np.asarray(params["dense_0"]["w"]))
     with pytest.raises(TypeError, match=r"serial.apply: key must be a JAX PRNG key.*got the int 0"):
         jax.jit(lambda x: model.apply(params, state, x, key=0, train=True))(x)
 
