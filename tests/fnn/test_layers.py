@@ -24,7 +24,7 @@ def test_every_layer_and_loss_passes_the_gradient_check_in_train_and_eval_mode()
     assert {name for name, mode in reports if mode == "train"} == layers
     assert {name for name, mode in reports if mode == "eval"} == layers
     for constructor in ("Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dropout",
-                        "LayerNorm", "Sigmoid", "Tanh", "HardTanh", "SoftSign", "Relu",
+                        "LayerNorm", "RMSNorm", "GroupNorm", "Embedding", "Sigmoid", "Tanh", "HardTanh", "SoftSign", "Relu",
                         "LeakyRelu", "Elu", "Gelu", "Softmax", "LogSoftmax", "serial", "residual",
                         "parallel"):
         assert any(name.startswith(constructor) for name in layers), constructor
