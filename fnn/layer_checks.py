@@ -18,7 +18,6 @@ from . import layers as L
 from . import losses
 from .gradcheck import GradCheckReport, check_grads_many
 
-
 EMBEDDING_IDS = 5  # the vocabulary of the Embedding case
 
 
