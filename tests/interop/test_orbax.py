@@ -39,7 +39,7 @@ def is_weight(params):
 
 
 def trainable(params):  # a prefix mask: the first layer is frozen (fine-tuning)
-    return {name: not name.startswith("0_") for name in params}
+    return {name: name != "dense_0" for name in params}
 
 
 def decaying(step):  # a learning-rate schedule (a plain function: the state's ``scheduled``)
