@@ -219,7 +219,13 @@ def test_float32_fsdp_with_kernels_equals_one_device():
         state, _ = step(state, (x, y), jax.random.key(i))
         assert_moments_like_params(state)
     scale = max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(reference.params))
-    assert max_diff(state.params, reference.params) < 1e-5 * scale
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(reference.params))])
+    # float32 rounding (other summation orders on shards) for all but a few elements ...
+    assert np.quantile(diffs, 0.999) < 1e-6 * scale, np.quantile(diffs, 0.999)
+    # ... where a gradient that cancels to about eps = 1e-8 in an early step lets Adam's
+    # g / (|g| + eps) turn its rounding into a few percent of one step η = 1e-3
+    assert diffs.max() < 1e-4 * scale, diffs.max()
     assert max_diff(state.params, params) > 1e-3, "training did not move the params"
 
 
