@@ -21,8 +21,10 @@ from .layers import (
     Dense,
     Dropout,
     Elu,
+    Embedding,
     Flatten,
     Gelu,
+    GroupNorm,
     HardTanh,
     Layer,
     LayerNorm,
@@ -31,6 +33,7 @@ from .layers import (
     MaxPool2D,
     ParamsError,
     Relu,
+    RMSNorm,
     Sigmoid,
     Softmax,
     SoftSign,
@@ -42,8 +45,9 @@ from .layers import (
 )
 
 __all__ = [
-    "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
-    "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
-    "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "activations", "callbacks",
-    "data", "gradcheck", "losses", "parallel", "residual", "serial", "sharding", "train", "tuning",
+    "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Embedding",
+    "Flatten", "Gelu", "GroupNorm", "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax",
+    "MaxPool2D", "ParamsError", "RMSNorm", "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh",
+    "WeightNorm", "activations", "callbacks", "data", "gradcheck", "losses", "parallel",
+    "residual", "serial", "sharding", "train", "tuning",
 ]

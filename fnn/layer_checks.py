@@ -18,6 +18,8 @@ from . import layers as L
 from . import losses
 from .gradcheck import GradCheckReport, check_grads_many
 
+EMBEDDING_IDS = 5  # the vocabulary of the Embedding case
+
 
 def layer_cases() -> dict[str, tuple[L.Layer, tuple]]:
     """Every layer with a small input shape (batch first)."""
@@ -33,6 +35,11 @@ def layer_cases() -> dict[str, tuple[L.Layer, tuple]]:
         "BatchNorm (dense)": (L.BatchNorm(), (6, 4)),
         "BatchNorm (conv)": (L.BatchNorm(), (2, 3, 3, 4)),
         "LayerNorm": (L.LayerNorm(), (3, 5)),
+        "RMSNorm": (L.RMSNorm(), (3, 5)),
+        "GroupNorm (dense)": (L.GroupNorm(2), (3, 6)),
+        "GroupNorm (conv)": (L.GroupNorm(3), (2, 3, 2, 6)),
+        # integer ids in [0, EMBEDDING_IDS): only the table is checked (ids are held fixed)
+        "Embedding": (L.Embedding(EMBEDDING_IDS, 3), (4, 2)),
         "WeightNorm(Dense)": (L.WeightNorm(L.Dense(4)), (5, 3)),
         "Sigmoid": (L.Sigmoid(), (4, 3)),
         "Tanh": (L.Tanh(), (4, 3)),
@@ -128,8 +135,11 @@ def layer_reports(seed: int = 0, tol: float = 1e-6) -> dict[tuple[str, str], Gra
     with jax.enable_x64(True):
         for i, (name, (layer, shape)) in enumerate(layer_cases().items()):
             params, state = random_variables(layer, shape, rng)
-            x = jax.tree_util.tree_map(lambda s: jnp.asarray(_input(rng, s)), shape,
-                                       is_leaf=_shape_leaf)
+            if name == "Embedding":
+                x = jnp.asarray(rng.integers(0, EMBEDDING_IDS, shape))
+            else:
+                x = jax.tree_util.tree_map(lambda s: jnp.asarray(_input(rng, s)), shape,
+                                           is_leaf=_shape_leaf)
             for train in (True, False):
                 f = layer_objective(layer, state, train, seed * 1000 + i)
                 checks[(name, "train" if train else "eval")] = (f, (params, x))

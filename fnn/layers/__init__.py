@@ -19,11 +19,12 @@ from .core import (
     SoftSign,
     Tanh,
 )
-from .norm import BatchNorm, LayerNorm, WeightNorm
+from .embedding import Embedding
+from .norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm, WeightNorm
 
 __all__ = [
-    "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Flatten", "Gelu",
-    "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax", "MaxPool2D", "ParamsError",
-    "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh", "WeightNorm", "parallel", "residual",
-    "named", "serial",
+    "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout", "Elu", "Embedding",
+    "Flatten", "Gelu", "GroupNorm", "HardTanh", "Layer", "LayerNorm", "LeakyRelu", "LogSoftmax",
+    "MaxPool2D", "ParamsError", "RMSNorm", "Relu", "Sigmoid", "SoftSign", "Softmax", "Tanh",
+    "WeightNorm", "parallel", "residual", "named", "serial",
 ]

@@ -12,11 +12,15 @@ A layer is a pair of pure functions, ``Layer(init, apply)``::
   state. State keeps its dtype across steps (it can be a ``lax.scan`` carry).
 * ``train`` is a Python bool. ``key`` is needed only where a layer is random in
   training (Dropout); a missing key is an error that says how to pass one.
-* Combinators nest their children's dicts under ``"<index>_<name>"``
-  (``"0_dense"``, ``"1_batchnorm"``, …; the index keeps names unique and stable
-  when a layer kind repeats) and give child i the key ``jax.random.fold_in(key, i)``.
+* Combinators nest their children's dicts under stable names: ``"<name>_<k>"``,
+  k counting the earlier children with that layer name (``"dense_0"``,
+  ``"batchnorm_0"``, ``"dense_1"``, …), or a name the user gives in a
+  ``(name, layer)`` pair. Each child's keys derive from its name
+  (``init.leaf_key(key, (DictKey(name),))``), not its position, so inserting a
+  layer renames only later layers of its own kind: adding a Dropout or Relu
+  changes no other layer's params, initial values or dropout masks.
 * Params or state that do not fit the model raise :class:`ParamsError` naming
-  the path, e.g. ``params['2_serial']['0_dense']['w']``.
+  the path, e.g. ``params['serial_0']['dense_0']['w']``.
 * Every layer made with :func:`named` checks its key (a PRNG key, not an int
   seed) in ``init`` and ``apply`` and that ``train`` is a bool. Hyperparameters
   are checked by :func:`hyperparameter`: with NumPy when concrete (a ``jnp``
@@ -41,7 +45,7 @@ from init._checks import check_key  # the one PRNG-key check, shared with the in
 class Layer(NamedTuple):
     """An ``(init, apply)`` pair; see the module docstring. Unpacks like stax's pairs.
 
-    ``name`` (used by combinators for the child's key, e.g. ``"0_dense"``) is read
+    ``name`` (combinators name the child ``"<name>_<k>"``, e.g. ``"dense_0"``) is read
     from ``init.layer_name``; :func:`named` sets it. A hand-made
     ``Layer(my_init, my_apply)`` is named ``"layer"``.
     """
@@ -55,7 +59,7 @@ class Layer(NamedTuple):
 
 
 def named(init: Callable, apply: Callable, name: str, label: str | None = None) -> Layer:
-    """``Layer(init, apply)`` whose params nest under ``"<index>_<name>"`` in combinators.
+    """``Layer(init, apply)`` whose params nest under ``"<name>_<k>"`` in combinators.
 
     The pair is wrapped with the checks every layer shares, so that bad arguments
     fail at the user's call with the layer's ``label`` (default ``name``) in the
@@ -84,7 +88,7 @@ def named(init: Callable, apply: Callable, name: str, label: str | None = None) 
 class ParamsError(ValueError):
     """Params or state that do not fit the model; the message names the path.
 
-    ``tree`` is "params" or "state"; ``path`` the keys below it (``['0_dense']['w']``).
+    ``tree`` is "params" or "state"; ``path`` the keys below it (``['dense_0']['w']``).
     """
 
     def __init__(self, path: str, message: str, tree: str = "params"):

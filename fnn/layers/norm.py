@@ -1,4 +1,4 @@
-"""Normalization: BatchNorm (running statistics), LayerNorm, WeightNorm."""
+"""Normalization: BatchNorm (running statistics), LayerNorm, RMSNorm, GroupNorm, WeightNorm."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .base import (
     hyperparameter,
     input_array,
     named,
+    positive_int,
 )
 
 
@@ -178,6 +179,99 @@ def LayerNorm(eps: float = 1e-5) -> Layer:  # noqa: N802
         return y.astype(x.dtype), state
 
     return named(init, apply, "layernorm", name)
+
+
+def RMSNorm(eps: float = 1e-6) -> Layer:  # noqa: N802
+    """Root-mean-square normalization (Zhang & Sennrich 2019) over the last axis (H features).
+
+    y = x / √((1/H) Σᵢ xᵢ² + ε) · γ: LayerNorm without the mean subtraction and
+    the offset. The same computation in training and evaluation; no state.
+    Params ``{"scale": γ = 1}``. ``eps`` defaults to 1e-6 as ``flax.linen.RMSNorm``
+    (torch's ``nn.RMSNorm`` uses the input dtype's machine epsilon when not given).
+
+    Args:
+      eps: ε > 0, added to the mean square inside the square root.
+
+    Example:
+        >>> out_shape, params, _ = fnn.RMSNorm().init(key, (-1, 128))   # {"scale": ones(128)}
+    """
+    eps = hyperparameter("RMSNorm", "eps", eps, 0.0, low_open=True)
+    name = "RMSNorm"
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, min_rank=2,
+                                  expected="(batch, ..., features)")
+        dtype = check_float_dtype(name, dtype)
+        return shape, {"scale": jnp.ones(shape[-1], dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("scale",))
+        x = input_array(name, x, min_rank=1)
+        expect_shape(name, "scale", params["scale"], (x.shape[-1],), x=x)
+        x = float_input(x, params["scale"])
+        xc = _compute(x)
+        mean_square = jnp.mean(jnp.square(xc), -1, keepdims=True)
+        y = xc * jax.lax.rsqrt(mean_square + eps) * params["scale"]
+        return y.astype(x.dtype), state
+
+    return named(init, apply, "rmsnorm", name)
+
+
+def GroupNorm(num_groups: int, eps: float = 1e-6) -> Layer:  # noqa: N802
+    """Group normalization (Wu & He 2018) of channels-last inputs (B, …, C).
+
+    The C channels are split into G = ``num_groups`` groups of C/G consecutive
+    channels; per example and group, μ and σ² are the mean and biased variance
+    over every axis but the batch axis (height, width, … and the group's C/G
+    channels); y = γ_c (x − μ) / √(σ² + ε) + β_c with a scale and offset per
+    channel. It does not depend on the batch (no running statistics, the same in
+    training and evaluation); G = 1 normalizes each example over all of its
+    values, G = C is instance normalization. Params ``{"scale": γ = 1,
+    "offset": β = 0}`` of shape (C,). ``eps`` defaults to 1e-6 as
+    ``flax.linen.GroupNorm`` (torch's ``nn.GroupNorm`` uses 1e-5: pass
+    ``eps=1e-5`` to match it).
+
+    Args:
+      num_groups: G, an int >= 1 that divides the number of channels.
+      eps: ε > 0, added to the variance inside the square root.
+
+    Example:
+        >>> out_shape, params, _ = fnn.GroupNorm(4).init(key, (-1, 8, 8, 32))   # 4 groups of 8
+    """
+    num_groups = positive_int("GroupNorm", "num_groups", num_groups)
+    eps = hyperparameter("GroupNorm", "eps", eps, 0.0, low_open=True)
+    name = f"GroupNorm({num_groups})"
+
+    def check_channels(channels, shape):
+        if channels % num_groups:
+            raise ValueError(f"{name}: num_groups={num_groups} must divide the number of channels "
+                             f"(the last axis); got {channels} channels (input shape {shape}).")
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = check_input_shape(name, input_shape, min_rank=2,
+                                  expected="(batch, ..., channels)")
+        check_channels(shape[-1], shape)
+        dtype = check_float_dtype(name, dtype)
+        params = {"scale": jnp.ones(shape[-1], dtype), "offset": jnp.zeros(shape[-1], dtype)}
+        return shape, params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        expect_keys(name, params, ("scale", "offset"))
+        x = input_array(name, x, min_rank=2)
+        check_channels(x.shape[-1], x.shape)
+        for k in ("scale", "offset"):
+            expect_shape(name, k, params[k], (x.shape[-1],), x=x)
+        x = float_input(x, params["scale"])
+        xc = _compute(x)
+        grouped = xc.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # spatial axes and the channels in a group
+        mean = grouped.mean(axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axes, keepdims=True)
+        normalized = ((grouped - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+        y = normalized * params["scale"] + params["offset"]
+        return y.astype(x.dtype), state
+
+    return named(init, apply, "groupnorm", name)
 
 
 def WeightNorm(layer: Layer) -> Layer:  # noqa: N802

@@ -25,6 +25,11 @@ def _batchnorm():
     return layer, params, state
 
 
+def _embedding():
+    layer = fnn.Embedding(10, 4)
+    return layer, layer.init(KEY, (-1, 2))[1]
+
+
 def _conv(padding="VALID"):
     layer = fnn.Conv2D(2, 5, padding=padding)
     return layer, layer.init(KEY, (-1, 8, 8, 1))[1]
@@ -121,7 +126,7 @@ BAD = [  # (id, call, exception, the message must contain — literal text)
      lambda: fnn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), key=jax.random.split(KEY, 2), train=True),
      ValueError, "key must be a single PRNG key; got a batch of keys of shape (2,)"),
     ("parallel.apply int key",
-     lambda: fnn.parallel(fnn.Relu()).apply({"0_relu": {}}, {"0_relu": {}}, (jnp.ones(2),), key=1),
+     lambda: fnn.parallel(fnn.Relu()).apply({"relu_0": {}}, {"relu_0": {}}, (jnp.ones(2),), key=1),
      TypeError, "parallel.apply: key must be a JAX PRNG key"),
     ("residual.init float key", lambda: fnn.residual(fnn.Relu()).init(1.5, (-1, 2)), TypeError,
      "residual.init: key must be a JAX PRNG key"),
@@ -168,11 +173,51 @@ BAD = [  # (id, call, exception, the message must contain — literal text)
      ValueError, "got a batch of 1 example(s) (input shape (1, 4))"),
     ("residual body changes the shape at apply",
      lambda: fnn.residual(fnn.Activation(lambda x: x[:, :2], "first_two")).apply(
-         {"0_firsttwo": {}}, {"0_firsttwo": {}}, jnp.ones((2, 3))), ValueError,
+         {"firsttwo_0": {}}, {"firsttwo_0": {}}, jnp.ones((2, 3))), ValueError,
      "residual: the block maps an input of shape (2, 3) to (2, 2)"),
     ("parallel.apply not a tuple",
-     lambda: fnn.parallel(fnn.Relu()).apply({"0_relu": {}}, {"0_relu": {}}, jnp.ones(2)), ValueError,
+     lambda: fnn.parallel(fnn.Relu()).apply({"relu_0": {}}, {"relu_0": {}}, jnp.ones(2)), ValueError,
      "parallel: expected a tuple of 1 inputs"),
+    # Embedding, RMSNorm, GroupNorm
+    ("Embedding(0, 4)", lambda: fnn.Embedding(0, 4), ValueError,
+     "Embedding: num_embeddings must be an int >= 1; got 0."),
+    ("Embedding(10, 2.0)", lambda: fnn.Embedding(10, 2.0), TypeError,
+     "Embedding: features must be an int >= 1; got float 2.0"),
+    ("Embedding embedding_init uncalled",
+     lambda: fnn.Embedding(10, 4, embedding_init=init.normal).init(KEY, (-1, 3)), TypeError,
+     "Initializer factories are called"),
+    ("Embedding float ids", lambda: _embedding()[0].apply(_embedding()[1], {}, jnp.array([[1.0, 2.0]], jnp.float32)),
+     TypeError, "Embedding(10, 4): x must be integer ids in [0, 10); got dtype float32 (cast with "
+     "x.astype(jnp.int32)"),
+    ("Embedding bool ids", lambda: _embedding()[0].apply(_embedding()[1], {}, jnp.array([True])),
+     TypeError, "x must be integer ids in [0, 10); got dtype bool."),
+    ("Embedding id 10 of 10", lambda: _embedding()[0].apply(_embedding()[1], {}, jnp.array([[0, 10]])),
+     ValueError, "Embedding(10, 4): ids must be in [0, 10); got 10 at x[0, 1] (1 of 2 ids out of range)"),
+    ("Embedding id -1 (NumPy)", lambda: _embedding()[0].apply(_embedding()[1], {}, np.array([3, -1])),
+     ValueError, "got -1 at x[1]"),
+    ("Embedding table of the wrong shape",
+     lambda: _embedding()[0].apply({"embedding": jnp.ones((4, 10))}, {}, jnp.array([1])),
+     fnn.ParamsError, "params['embedding']: Embedding(10, 4) expects shape (10, 4); got (4, 10)"),
+    ("Embedding init of a scalar", lambda: fnn.Embedding(10, 4).init(KEY, ()), ValueError,
+     "Embedding(10, 4): expected an input shape (batch, ...) of ids"),
+    ("RMSNorm eps 0", lambda: fnn.RMSNorm(eps=0.0), ValueError, "RMSNorm: eps must be in (0, inf); got 0.0"),
+    ("RMSNorm scale of the wrong shape",
+     lambda: fnn.RMSNorm().apply({"scale": jnp.ones(3)}, {}, jnp.ones((2, 4))), fnn.ParamsError,
+     "params['scale']: RMSNorm expects shape (4,) for an input of shape (2, 4); got (3,)"),
+    ("RMSNorm init (-1,)", lambda: fnn.RMSNorm().init(KEY, (-1,)), ValueError,
+     "RMSNorm: expected an input shape (batch, ..., features)"),
+    ("GroupNorm(0)", lambda: fnn.GroupNorm(0), ValueError, "GroupNorm: num_groups must be an int >= 1"),
+    ("GroupNorm() no groups", lambda: fnn.GroupNorm(), TypeError, "num_groups"),
+    ("GroupNorm eps -1", lambda: fnn.GroupNorm(2, eps=-1.0), ValueError, "GroupNorm: eps must be in (0, inf)"),
+    ("GroupNorm(3) of 4 channels at init", lambda: fnn.GroupNorm(3).init(KEY, (-1, 5, 5, 4)), ValueError,
+     "GroupNorm(3): num_groups=3 must divide the number of channels (the last axis); got 4 channels "
+     "(input shape (-1, 5, 5, 4))"),
+    ("GroupNorm(2) of 3 channels at apply",
+     lambda: fnn.GroupNorm(2).apply({"scale": jnp.ones(3), "offset": jnp.zeros(3)}, {}, jnp.ones((2, 3))),
+     ValueError, "num_groups=2 must divide the number of channels (the last axis); got 3 channels"),
+    ("GroupNorm of one axis", lambda: fnn.GroupNorm(1).apply(
+        {"scale": jnp.ones(3), "offset": jnp.zeros(3)}, {}, jnp.ones(3)), ValueError,
+     "GroupNorm(1): x must have at least 2 axes; got shape (3,)"),
     # losses
     ("CE label 3 of 3 classes", lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3])),
      ValueError, "labels must be class indices in [0, 3) (the logits have 3 classes); got 3 at labels[1]"),

@@ -69,36 +69,36 @@ def nested_model():
 def test_params_that_do_not_match_the_model_name_the_path():
     model, params, state = nested_model()
     x = jnp.ones((2, 5))
-    wrong = {**params, "2_serial": {**params["2_serial"],
-                                    "0_dense": {"w": jnp.ones((5, 3)), "b": jnp.ones(3)}}}
-    with pytest.raises(fnn.ParamsError, match=r"params\['2_serial'\]\['0_dense'\]\['w'\]: Dense\(3\) "
+    wrong = {**params, "serial_0": {**params["serial_0"],
+                                    "dense_0": {"w": jnp.ones((5, 3)), "b": jnp.ones(3)}}}
+    with pytest.raises(fnn.ParamsError, match=r"params\['serial_0'\]\['dense_0'\]\['w'\]: Dense\(3\) "
                                               r"expects shape \(4, 3\) for an input of shape \(2, 4\); "
                                               r"got \(5, 3\)"):
         model.apply(wrong, state, x)
-    missing = {k: v for k, v in params.items() if k != "1_relu"}
+    missing = {k: v for k, v in params.items() if k != "relu_0"}
     with pytest.raises(fnn.ParamsError, match=r"params: serial expects params with keys.*"
-                                              r"missing \['1_relu'\], unexpected \[\]"):
+                                              r"missing \['relu_0'\], unexpected \[\]"):
         model.apply(missing, state, x)
-    extra = {**params, "3_dense": {}}
-    with pytest.raises(fnn.ParamsError, match=r"unexpected \['3_dense'\]"):
+    extra = {**params, "dense_1": {}}
+    with pytest.raises(fnn.ParamsError, match=r"unexpected \['dense_1'\]"):
         model.apply(extra, state, x)
-    with pytest.raises(fnn.ParamsError, match=r"params\['0_dense'\]: Dense\(4\) expects params with "
+    with pytest.raises(fnn.ParamsError, match=r"params\['dense_0'\]: Dense\(4\) expects params with "
                                               r"keys \['b', 'w'\]; got \['kernel'\]"):
-        model.apply({**params, "0_dense": {"kernel": params["0_dense"]["w"]}}, state, x)
-    with pytest.raises(fnn.ParamsError, match=r"params\['1_relu'\]: relu has no params"):
-        model.apply({**params, "1_relu": {"w": jnp.ones(2)}}, state, x)
+        model.apply({**params, "dense_0": {"kernel": params["dense_0"]["w"]}}, state, x)
+    with pytest.raises(fnn.ParamsError, match=r"params\['relu_0'\]: relu has no params"):
+        model.apply({**params, "relu_0": {"w": jnp.ones(2)}}, state, x)
 
 
 def test_state_that_does_not_match_the_model_names_the_path():
     model, params, state = nested_model()
     x = jnp.ones((2, 5))
-    with pytest.raises(fnn.ParamsError, match=r"state\['2_serial'\]: serial expects state with "
-                                              r"keys.*missing \['1_batchnorm'\].*pass the state "
+    with pytest.raises(fnn.ParamsError, match=r"state\['serial_0'\]: serial expects state with "
+                                              r"keys.*missing \['batchnorm_0'\].*pass the state "
                                               r"returned by init"):
-        model.apply(params, {**state, "2_serial": {"0_dense": {}}}, x)
-    bad = {**state, "2_serial": {**state["2_serial"], "1_batchnorm": {"mean": jnp.zeros(4),
+        model.apply(params, {**state, "serial_0": {"dense_0": {}}}, x)
+    bad = {**state, "serial_0": {**state["serial_0"], "batchnorm_0": {"mean": jnp.zeros(4),
                                                                        "var": jnp.ones(3)}}}
-    with pytest.raises(fnn.ParamsError, match=r"state\['2_serial'\]\['1_batchnorm'\]\['mean'\]: "
+    with pytest.raises(fnn.ParamsError, match=r"state\['serial_0'\]\['batchnorm_0'\]\['mean'\]: "
                                               r"BatchNorm expects shape \(3,\)"):
         model.apply(params, bad, x, train=True)
 
@@ -124,7 +124,7 @@ def test_inputs_that_do_not_fit_name_the_layer_and_both_shapes():
         conv.apply(params, state, jnp.ones((5, 5, 1)))
     with pytest.raises(ValueError, match=r"parallel: expected a tuple of 2 inputs; got 3"):
         both = fnn.parallel(fnn.Relu(), fnn.Relu())
-        both.apply({"0_relu": {}, "1_relu": {}}, {"0_relu": {}, "1_relu": {}},
+        both.apply({"relu_0": {}, "relu_1": {}}, {"relu_0": {}, "relu_1": {}},
                    (jnp.ones(2),) * 3)
 
 
@@ -146,3 +146,32 @@ def test_train_must_be_a_python_bool_and_batchnorm_needs_a_batch():
     with pytest.raises(ValueError, match=r"BatchNorm: training needs more than one value per "
                                          r"feature.*shape \(1, 4\)"):
         model.apply(params, state, jnp.ones((1, 3)), train=True)
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: fnn.serial(("", fnn.Dense(2))), TypeError,
+     r"serial: argument 0 names its layer with ''; a name must be a non-empty str"),
+    (lambda: fnn.serial((3, fnn.Dense(2))), TypeError, r"argument 0 names its layer with 3"),
+    (lambda: fnn.parallel(("a", fnn.Dense(2)), ("a", fnn.Relu())), ValueError,
+     r"parallel: the name 'a' is given to arguments 0 and 1; names must be unique"),
+    (lambda: fnn.serial(fnn.Dense(2), ("dense_0", fnn.Dense(2))), ValueError,
+     r"serial: argument 1's name 'dense_0' is also the automatic name of argument 0"),
+    (lambda: fnn.residual(("dense_1", fnn.Dense(2)), fnn.Dense(2)), ValueError,
+     r"residual: argument 0's name 'dense_1' is also the automatic name of argument 1"),
+    (lambda: fnn.serial(("head", fnn.Dense)), TypeError,
+     r"serial: argument 0 is not a layer \(a layer, or a \(name, layer\) pair\)"),
+    (lambda: fnn.serial(fnn.Relu), TypeError, r"layer constructors are always called"),
+])
+def test_bad_layer_names_fail_at_construction(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_params_with_the_old_positional_names_get_a_hint():
+    model, params, state = nested_model()
+    old = {"0_dense": params["dense_0"], "1_relu": {}, "2_serial": params["serial_0"]}
+    with pytest.raises(fnn.ParamsError, match=r"old positional names.*'0_dense' is now 'dense_0'"):
+        model.apply(old, state, jnp.ones((2, 5)))
+    with pytest.raises(fnn.ParamsError) as info:  # other wrong keys: no such hint
+        model.apply({**params, "extra": {}}, state, jnp.ones((2, 5)))
+    assert "old positional" not in str(info.value)

@@ -301,7 +301,7 @@ def test_softmax_layers_and_a_custom_activation():
     swish = fnn.Activation(lambda x: x * jax.nn.sigmoid(x), "swish")
     np.testing.assert_allclose(np.asarray(swish.apply({}, {}, jnp.asarray(z))[0]),
                                z * _sigmoid(z), rtol=1e-12)
-    assert fnn.serial(swish).init(KEY, (-1, 4))[1] == {"0_swish": {}}
+    assert fnn.serial(swish).init(KEY, (-1, 4))[1] == {"swish_0": {}}
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5)])  # sequences and NHWC images

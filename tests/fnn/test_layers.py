@@ -24,7 +24,7 @@ def test_every_layer_and_loss_passes_the_gradient_check_in_train_and_eval_mode()
     assert {name for name, mode in reports if mode == "train"} == layers
     assert {name for name, mode in reports if mode == "eval"} == layers
     for constructor in ("Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dropout",
-                        "LayerNorm", "Sigmoid", "Tanh", "HardTanh", "SoftSign", "Relu",
+                        "LayerNorm", "RMSNorm", "GroupNorm", "Embedding", "Sigmoid", "Tanh", "HardTanh", "SoftSign", "Relu",
                         "LeakyRelu", "Elu", "Gelu", "Softmax", "LogSoftmax", "serial", "residual",
                         "parallel"):
         assert any(name.startswith(constructor) for name in layers), constructor
@@ -52,7 +52,7 @@ def test_the_same_harness_fails_on_a_layer_with_a_wrong_backward_pass():
         report = fnn.gradcheck.check_grads(f, params, x, raise_on_failure=False)
     assert not report.passed
     assert all(report.errors[p] > 1e-3 for p in report.errors)  # every leaf feeds bad_tanh
-    assert set(report.errors) == {"args[0]['0_dense']['w']", "args[0]['0_dense']['b']", "args[1]"}
+    assert set(report.errors) == {"args[0]['dense_0']['w']", "args[0]['dense_0']['b']", "args[1]"}
 
 
 # ------------------------------------------------------------------ contract
@@ -64,13 +64,13 @@ def test_shape_inference_with_unknown_batch_and_readable_stable_names():
                        fnn.Flatten(), fnn.Dropout(0.5), fnn.Dense(10), fnn.LogSoftmax())
     out_shape, params, state = model.init(KEY, (-1, 28, 28, 1))
     assert out_shape == (-1, 10)
-    assert list(params) == ["0_conv2d", "1_batchnorm", "2_relu", "3_maxpool2d", "4_conv2d",
-                            "5_avgpool2d", "6_flatten", "7_dropout", "8_dense", "9_logsoftmax"]
-    assert params["0_conv2d"]["w"].shape == (3, 3, 1, 8)
-    assert params["4_conv2d"]["w"].shape == (3, 3, 8, 4)
-    assert set(state["1_batchnorm"]) == {"mean", "var"} and state["2_relu"] == {}
+    assert list(params) == ["conv2d_0", "batchnorm_0", "relu_0", "maxpool2d_0", "conv2d_1",
+                            "avgpool2d_0", "flatten_0", "dropout_0", "dense_0", "logsoftmax_0"]
+    assert params["conv2d_0"]["w"].shape == (3, 3, 1, 8)
+    assert params["conv2d_1"]["w"].shape == (3, 3, 8, 4)
+    assert set(state["batchnorm_0"]) == {"mean", "var"} and state["relu_0"] == {}
     # (28 -> 28 SAME -> 14 pool -> 6 VALID stride 2 -> 3 SAME pool) * 4 channels
-    assert params["8_dense"]["w"].shape == (3 * 3 * 4, 10)
+    assert params["dense_0"]["w"].shape == (3 * 3 * 4, 10)
     y, _ = model.apply(params, state, jnp.ones((2, 28, 28, 1)))
     assert y.shape == (2, 10)
     traced = jax.eval_shape(lambda x: model.apply(params, state, x, key=KEY, train=True)[0],
@@ -95,20 +95,86 @@ def test_a_layer_is_an_init_apply_pair_and_a_hand_made_layer_composes():
 
     model = fnn.serial(fnn.Layer(scale_init, scale_apply), fnn.Dense(2))
     _, params, state = model.init(KEY, (-1, 3))
-    assert list(params) == ["0_layer", "1_dense"]
+    assert list(params) == ["layer_0", "dense_0"]
     y, _ = model.apply(params, state, jnp.ones((1, 3)))
-    d = params["1_dense"]
+    d = params["dense_0"]
     np.testing.assert_allclose(np.asarray(y), 2 * np.ones((1, 3)) @ d["w"] + d["b"], rtol=1e-6)
 
 
 def test_combinators_give_each_child_its_own_key():
     model = fnn.serial(fnn.Dense(50), fnn.Dense(50))
     _, params, _ = model.init(KEY, (-1, 50))
-    assert not np.allclose(params["0_dense"]["w"], params["1_dense"]["w"])
+    assert not np.allclose(params["dense_0"]["w"], params["dense_1"]["w"])
     drops = fnn.parallel(fnn.Dropout(0.5), fnn.Dropout(0.5))
     _, p, s = drops.init(KEY, ((-1, 100), (-1, 100)))
     (a, b), _ = drops.apply(p, s, (jnp.ones((4, 100)), jnp.ones((4, 100))), key=KEY, train=True)
     assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _same(a, b):
+    """Bit-identical pytrees (same structure, same dtypes, same bits)."""
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_inserting_parameter_free_layers_changes_no_other_name_value_or_mask():
+    """The issue's case: adding Dropout (and Relu) to a serial model used to rename every later
+    layer ("2_dense" -> "3_dense") and re-draw its weights; now names count per layer type and
+    keys come from names."""
+    def model(*extra):  # extra: parameter-free layers inserted at fixed places
+        inner = fnn.serial(fnn.Dense(5), *extra[:1], fnn.BatchNorm())
+        return fnn.serial(fnn.Dense(8), *extra, fnn.Relu(), fnn.Dense(6), inner, fnn.Dense(3))
+
+    _, params, state = model().init(KEY, (-1, 4))
+    _, more, more_state = model(fnn.Dropout(0.3), fnn.Tanh()).init(KEY, (-1, 4))
+    assert list(params) == ["dense_0", "relu_0", "dense_1", "serial_0", "dense_2"]
+    assert list(more) == ["dense_0", "dropout_0", "tanh_0", "relu_0", "dense_1", "serial_0",
+                          "dense_2"]
+    assert list(more["serial_0"]) == ["dense_0", "dropout_0", "batchnorm_0"]
+    without_new = {k: v for k, v in more.items() if k not in ("dropout_0", "tanh_0")}
+    without_new["serial_0"] = {k: v for k, v in more["serial_0"].items() if k != "dropout_0"}
+    _same(params, without_new)  # every other layer's initial params, bit for bit
+    assert more_state["serial_0"]["batchnorm_0"].keys() == state["serial_0"]["batchnorm_0"].keys()
+    # apply-time keys too: a dropout mask does not move when a layer is inserted before it
+    identity = fnn.Activation(lambda x: x, "identity")
+    a, b = (fnn.serial(*pre, fnn.Dense(64), fnn.Dropout(0.5)) for pre in ((), (identity,)))
+    _, pa, sa = a.init(KEY, (-1, 4))
+    _, pb, sb = b.init(KEY, (-1, 4))
+    x = jnp.ones((3, 4))
+    ya, _ = a.apply(pa, sa, x, key=jax.random.key(3), train=True)
+    yb, _ = b.apply(pb, sb, x, key=jax.random.key(3), train=True)
+    np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+    assert 0.3 < _zero_fraction(ya) < 0.7
+
+
+def test_user_names_nest_params_and_derive_keys_from_the_name():
+    model = fnn.serial(("encoder", fnn.Dense(8)), fnn.Relu(), fnn.Dense(4), ("head", fnn.Dense(3)))
+    _, params, state = model.init(KEY, (-1, 5))
+    # the unnamed Dense is the second Dense: k counts every earlier Dense, named or not, so
+    # naming a layer never renames another
+    assert list(params) == ["encoder", "relu_0", "dense_1", "head"] and list(state) == list(params)
+    # the documented key: init.leaf_key(key, (DictKey(name),)), here recomputed by hand
+    for name, dense, shape in (("encoder", fnn.Dense(8), (-1, 5)), ("head", fnn.Dense(3), (-1, 4))):
+        _, alone, _ = dense.init(init.leaf_key(KEY, (jax.tree_util.DictKey(name),)), shape)
+        _same(params[name], alone)
+    # renaming the encoder leaves every other layer as it was
+    _, renamed, _ = fnn.serial(("backbone", fnn.Dense(8)), fnn.Relu(), fnn.Dense(4),
+                               ("head", fnn.Dense(3))).init(KEY, (-1, 5))
+    _same({k: v for k, v in renamed.items() if k != "backbone"},
+          {k: v for k, v in params.items() if k != "encoder"})
+    assert not np.array_equal(renamed["backbone"]["w"], params["encoder"]["w"])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5)), jnp.float32)
+    y, _ = model.apply(params, state, x)
+    h = np.maximum(np.asarray(x) @ params["encoder"]["w"] + params["encoder"]["b"], 0)
+    h = h @ params["dense_1"]["w"] + params["dense_1"]["b"]
+    np.testing.assert_allclose(np.asarray(y), h @ params["head"]["w"] + params["head"]["b"],
+                               rtol=1e-5)
+    # parallel and residual take names too; a path names them
+    both = fnn.parallel(("left", fnn.Dense(2)), fnn.Dense(2))
+    assert list(both.init(KEY, ((-1, 3), (-1, 3)))[1]) == ["left", "dense_1"]
+    block = fnn.residual(("inner", fnn.Dense(3)), fnn.Tanh())
+    assert list(block.init(KEY, (-1, 3))[1]) == ["inner", "tanh_0"]
 
 
 def test_parallel_and_residual_against_their_formulas():
@@ -117,14 +183,14 @@ def test_parallel_and_residual_against_their_formulas():
     assert shapes == ((-1, 3), (-1, 5))
     xa, xb = jnp.ones((7, 2)), jnp.arange(28.0).reshape(7, 4)
     (a, b), _ = both.apply(params, state, (xa, xb))
-    p0, p1 = params["0_dense"], params["1_dense"]
+    p0, p1 = params["dense_0"], params["dense_1"]
     np.testing.assert_allclose(np.asarray(a), np.asarray(xa @ p0["w"] + p0["b"]), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(b), np.asarray(xb @ p1["w"] + p1["b"]), rtol=1e-12)
     block = fnn.residual(fnn.Dense(4), fnn.Tanh())
     _, params, state = block.init(KEY, (-1, 4))
     x = jnp.arange(8.0).reshape(2, 4)
     y, _ = block.apply(params, state, x)
-    d = params["0_dense"]
+    d = params["dense_0"]
     np.testing.assert_allclose(y, x + jnp.tanh(x @ d["w"] + d["b"]), rtol=1e-12)
 
 
@@ -216,7 +282,7 @@ def test_dense_batchnorm_relu_dropout_model_learns_with_adam_under_jit():
                 params, state, opt_state, value = step(params, state, opt_state, xtr[batch],
                                                        ytr[batch], jax.random.key(1000 * epoch + i))
         assert len(traces) == 1  # the whole train step compiled once
-        assert state["1_batchnorm"]["mean"].dtype == jnp.float32
+        assert state["batchnorm_0"]["mean"].dtype == jnp.float32
         logits, eval_state = model.apply(params, state, xv)  # evaluation: no key needed
         again, _ = model.apply(params, state, xv)
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(again))  # deterministic
@@ -236,13 +302,14 @@ def test_serial_parallel_and_residual_give_two_dropouts_different_masks():
     x = jnp.ones((4, 500))
     key = jax.random.key(7)
     two = fnn.serial(fnn.Dropout(0.5), fnn.Dropout(0.5))
-    y, _ = two.apply({"0_dropout": {}, "1_dropout": {}}, {"0_dropout": {}, "1_dropout": {}}, x,
+    y, _ = two.apply({"dropout_0": {}, "dropout_1": {}}, {"dropout_0": {}, "dropout_1": {}}, x,
                      key=key, train=True)
     assert abs(_zero_fraction(y) - 0.75) < 0.04  # independent masks: 1 − 0.5·0.5
-    # the documented keys: child i gets fold_in(key, i)
+    # the documented keys: the child named n gets init.leaf_key(key, (DictKey(n),))
     one = fnn.Dropout(0.5)
-    first, _ = one.apply({}, {}, x, key=jax.random.fold_in(key, 0), train=True)
-    second, _ = one.apply({}, {}, first, key=jax.random.fold_in(key, 1), train=True)
+    child_key = lambda name: init.leaf_key(key, (jax.tree_util.DictKey(name),))
+    first, _ = one.apply({}, {}, x, key=child_key("dropout_0"), train=True)
+    second, _ = one.apply({}, {}, first, key=child_key("dropout_1"), train=True)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(second))
     block = fnn.residual(fnn.Dropout(0.5), fnn.Dropout(0.5))
     _, p, s = block.init(KEY, (-1, 500))
@@ -268,10 +335,10 @@ def test_running_statistics_update_through_residual_serial_and_parallel():
     def expected(h):  # one step from mean 0, var 1 with decay 0.9 (unbiased running variance)
         return 0.1 * h.mean(0), 0.9 + 0.1 * h.var(0, ddof=1)
 
-    dense = params["0_serial"]["0_dense"]
+    dense = params["serial_0"]["dense_0"]
     h1 = x1 @ np.asarray(dense["w"]) + np.asarray(dense["b"])
-    for got, h in ((new_state["0_serial"]["1_residual"]["0_batchnorm"], h1),
-                   (new_state["1_residual"]["0_serial"]["1_batchnorm"], np.maximum(x2, 0))):
+    for got, h in ((new_state["serial_0"]["residual_0"]["batchnorm_0"], h1),
+                   (new_state["residual_0"]["serial_0"]["batchnorm_0"], np.maximum(x2, 0))):
         mean, var = expected(h)
         np.testing.assert_allclose(np.asarray(got["mean"]), mean, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(got["var"]), var, rtol=1e-12)

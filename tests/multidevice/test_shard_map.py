@@ -401,7 +401,7 @@ def test_fsdp_style_training_with_batchnorm_inside_shard_map():
     _, params, model_state = model(None).init(jax.random.key(0), (-1, 128))
     # every leaf whose first axis splits in 8 is split
     specs = jax.tree.map(lambda p: P("d") if p.shape[0] % 8 == 0 else P(), params)
-    assert specs["0_dense"]["w"] == P("d") and specs["3_dense"]["b"] == P()
+    assert specs["dense_0"]["w"] == P("d") and specs["dense_1"]["b"] == P()
     tx = opt.adam(1e-2)
 
     def train_step(net, gather, axis_name, params, model_state, opt_state, xb, yb):
@@ -432,7 +432,7 @@ def test_fsdp_style_training_with_batchnorm_inside_shard_map():
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
     for got, want in zip(a, b):
         assert_trees_close(got, want, rtol=1e-4, atol=2e-5)
-    assert spec_of(a[0]["0_dense"]["w"]) == P("d") == spec_of(a[2].mu["0_dense"]["w"])
+    assert spec_of(a[0]["dense_0"]["w"]) == P("d") == spec_of(a[2].mu["dense_0"]["w"])
 
 
 def state_specs_like(state, params, specs):

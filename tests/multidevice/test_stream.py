@@ -37,9 +37,9 @@ def test_streamed_fit_on_a_mesh_equals_one_device():
                     jax.tree_util.tree_leaves(spread.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-12)
     np.testing.assert_allclose(spread_history["train_loss"], history["train_loss"], rtol=1e-12)
-    assert spread.params["0_dense"]["w"].sharding.spec == P(None, "data")
-    assert spread.opt_state.mu["0_dense"]["w"].sharding.spec == P(None, "data")
-    assert not state.params["0_dense"]["w"].is_deleted()
+    assert spread.params["dense_0"]["w"].sharding.spec == P(None, "data")
+    assert spread.opt_state.mu["dense_0"]["w"].sharding.spec == P(None, "data")
+    assert not state.params["dense_0"]["w"].is_deleted()
 
 
 def test_prefetch_splits_batches_over_the_mesh():

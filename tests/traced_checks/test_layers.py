@@ -149,6 +149,14 @@ HYPERPARAMETERS = {  # name: (build-and-apply fn of the value, a valid value, a 
         lambda e: fnn.LayerNorm(eps=e).apply(fnn.LayerNorm().init(KEY, (-1, 2), jnp.float64)[1],
                                              {}, jnp.asarray([[1.0, 2.0], [3.0, 5.0]]))[0],
         1e-3, 0.0),
+    "RMSNorm eps": (
+        lambda e: fnn.RMSNorm(eps=e).apply(fnn.RMSNorm().init(KEY, (-1, 2), jnp.float64)[1],
+                                           {}, jnp.asarray([[1.0, 2.0], [3.0, 5.0]]))[0],
+        1e-3, -1.0),
+    "GroupNorm eps": (
+        lambda e: fnn.GroupNorm(1, eps=e).apply(fnn.GroupNorm(1).init(KEY, (-1, 2), jnp.float64)[1],
+                                                {}, jnp.asarray([[1.0, 2.0], [3.0, 5.0]]))[0],
+        1e-3, 0.0),
 }
 REFERENCES = {
     "LeakyRelu negative_slope": np.array([[-0.2, 3.0]]),
@@ -157,6 +165,8 @@ REFERENCES = {
     "BatchNorm eps": np.array([[-1.0, -1.0], [1.0, 1.0]]) / np.sqrt(np.array([1.0, 2.25]) + 1e-3)
     * np.array([1.0, 1.5]),
     "LayerNorm eps": np.array([[-0.5, 0.5], [-1.0, 1.0]]) / np.sqrt(np.array([[0.25], [1.0]]) + 1e-3),
+    "RMSNorm eps": np.array([[1.0, 2.0], [3.0, 5.0]]) / np.sqrt(np.array([[2.5], [17.0]]) + 1e-3),
+    "GroupNorm eps": np.array([[-0.5, 0.5], [-1.0, 1.0]]) / np.sqrt(np.array([[0.25], [1.0]]) + 1e-3),
 }
 
 
@@ -262,7 +272,7 @@ def test_keys_are_checked_but_traced_and_vmapped_keys_pass():
     legacy = jax.random.PRNGKey(0)  # the uint32[2] keys work too
     assert run(legacy).shape == (2, 4)
     _, p2, _ = jax.jit(lambda k: model.init(k, (-1, 3)))(KEY)
-    np.testing.assert_allclose(np.asarray(p2["0_dense"]["w"]), np.asarray(params["0_dense"]["w"]))
+    np.testing.assert_allclose(np.asarray(p2["dense_0"]["w"]), np.asarray(params["dense_0"]["w"]))
     with pytest.raises(TypeError, match=r"serial.apply: key must be a JAX PRNG key.*got the int 0"):
         jax.jit(lambda x: model.apply(params, state, x, key=0, train=True))(x)
 
@@ -276,3 +286,62 @@ def test_empty_outputs_raise_under_jit():
         jax.jit(lambda x: conv.apply(params, {}, x)[0])(small)
     with pytest.raises(ValueError, match=r"MaxPool2D\(\(4, 4\)\): input shape \(1, 3, 3, 1\)"):
         jax.vmap(lambda x: fnn.MaxPool2D(4).apply({}, {}, x)[0])(small[None])
+
+
+# ------------------------------------------------------------------ Embedding ids
+
+
+def _embedding():
+    layer = fnn.Embedding(6, 3)
+    _, params, _ = layer.init(KEY, (-1, 2), jnp.float64)
+    return layer, params
+
+
+def test_embedding_with_captured_ids_works_under_jit_vmap_and_grad():
+    layer, params = _embedding()
+    ids = np.array([[0, 5], [2, 2]])
+    captured = jnp.asarray(ids)
+    table = np.asarray(params["embedding"])
+    f = lambda p: jnp.sum(jnp.sin(layer.apply(p, {}, captured)[0]))
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda p: layer.apply(p, {}, captured)[0])(
+        params)), table[ids])
+    batched = jax.vmap(lambda s: layer.apply({"embedding": s * params["embedding"]}, {},
+                                             captured)[0])(jnp.asarray([1.0, 2.0]))
+    np.testing.assert_allclose(np.asarray(batched[1]), 2 * table[ids], rtol=1e-15)
+    # d/dE Σ sin(E[ids]): cos(E[i]) summed over the places id i was looked up; 0 for others
+    expected = np.zeros_like(table)
+    np.add.at(expected, ids.ravel(), np.cos(table[ids.ravel()]))
+    np.testing.assert_allclose(np.asarray(jax.grad(f)(params)["embedding"]), expected,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad, where", [(6, r"got 6 at x\[1, 0\]"), (-1, r"got -1 at x\[1, 0\]")])
+def test_bad_captured_ids_raise_under_jit_vmap_and_grad(bad, where):
+    layer, params = _embedding()
+    captured = jnp.asarray([[0, 1], [bad, 2]])
+    apply = lambda p: layer.apply(p, {}, captured)[0]
+    message = r"Embedding\(6, 3\): ids must be in \[0, 6\); " + where
+    for transform in (jax.jit, jax.grad, lambda f: jax.vmap(f, in_axes=None, axis_size=2)):
+        with pytest.raises(ValueError, match=message):
+            transform(lambda p: jnp.sum(apply(p)))(params)
+    with pytest.raises(ValueError, match=message):
+        apply(params)
+
+
+@pytest.mark.parametrize("bad", [6, -1, 100])
+def test_bad_traced_ids_give_nan_rows_never_another_row(bad):
+    """A traced id out of range cannot be checked: its vector is NaN (-1 does not wrap around
+    to the last row, 6 is not clamped to row 5); the other ids' vectors are exact."""
+    layer, params = _embedding()
+    table = np.asarray(params["embedding"])
+    y = np.asarray(jax.jit(lambda i: layer.apply(params, {}, i)[0])(jnp.asarray([[3, bad]])))
+    np.testing.assert_array_equal(y[0, 0], table[3])
+    assert np.all(np.isnan(y[0, 1]))
+    rows = np.asarray(jax.vmap(lambda i: layer.apply(params, {}, i)[0])(jnp.asarray([[1], [bad]])))
+    np.testing.assert_array_equal(rows[0, 0], table[1])
+    assert np.all(np.isnan(rows[1, 0]))
+    grad = jax.jit(jax.grad(lambda p, i: jnp.sum(layer.apply(p, {}, i)[0][0, 0])))(
+        params, jnp.asarray([[3, bad]]))
+    expected = np.zeros_like(table)
+    expected[3] = 1.0  # the valid row's gradient is exact and finite
+    np.testing.assert_array_equal(np.asarray(grad["embedding"]), expected)
