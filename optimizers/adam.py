@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _fused
-from ._base import Optimizer, from_rule
+from ._base import Optimizer
 from ._fused import divide_or_zero
+from ._rule import from_rule
 
 
 class AdamState(NamedTuple):

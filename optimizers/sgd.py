@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import jax
 
 from . import _fused
-from ._base import Optimizer, from_rule
+from ._base import Optimizer
+from ._rule import from_rule
 
 
 class SgdState(NamedTuple):

@@ -44,8 +44,7 @@ with warnings.catch_warnings(record=True) as caught:
 
     @jax.jit
     def step(p, state, g):
-        updates, state = tx.update(g, state, p)
-        return opt.apply_updates(p, updates), state
+        return opt.step(tx, g, state, p)
 
     lowered = step.lower(p, tx.init(p), g1)
     kernel = "fnn_adam_f32" in lowered.as_text()
@@ -431,8 +430,7 @@ tx = opt.adam(1e-2)
 p = np.zeros(65536, np.float32)
 
 def step(p, state, g):
-    updates, state = tx.update(g, state, p)
-    return opt.apply_updates(p, updates), state
+    return opt.step(tx, g, state, p)
 
 jax.make_jaxpr(step)(p, tx.init(p), p)  # tracing builds nothing
 for platform in ("cuda", "tpu"):  # nor does lowering for another platform

@@ -245,8 +245,7 @@ def test_each_group_runs_its_own_one_pass_kernel():
     tx = opt.partition({"backbone": opt.freeze(), "head": opt.adam(1e-2)}, LABELS)
 
     def step(p, s):
-        updates, s = tx.update(grads, s, p)
-        return opt.apply_updates(p, updates), s
+        return opt.step(tx, grads, s, p)
 
     state = tx.init(params)
     assert jax.jit(step).lower(params, state).as_text().count("fnn_adam_f32") >= 1
