@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from . import _fused
+from . import _fused, _multi
 from ._base import Optimizer
 from ._rule import from_rule
 
@@ -82,5 +82,5 @@ def momentum(
         moments=("velocity",), moment_dtype=moment_dtype,
         fused=(lambda count, learning_rate, momentum:
                _fused.momentum_coefficients(momentum, learning_rate, nesterov),
-               _fused.momentum_step),
+               _fused.momentum_step, _multi.momentum_multi),
     )

@@ -75,8 +75,7 @@ def run_both(tx, params, grad_fn, steps=STEPS):
 
         def own_step(i, ours):
             params, opt_state = ours
-            updates, opt_state = tx.update(grad_fn(params, i), opt_state, params)
-            return opt.apply_updates(params, updates), opt_state
+            return opt.step(tx, grad_fn(params, i), opt_state, params)
 
         return (jax.lax.fori_loop(0, steps, flax_step, state),
                 jax.lax.fori_loop(0, steps, own_step, ours))
@@ -131,16 +130,16 @@ def test_hyperparams_of_a_train_state_change_without_recompiling():
 BIG = 1 << 16  # float32 leaves of >= 65,536 elements take the one-pass kernels
 
 KERNELS = {
-    "adam": (lambda: opt.adam(0.01), "fnn_adam_f32"),
-    "nesterov": (lambda: opt.momentum(0.01, nesterov=True), "fnn_momentum_f32"),
-    "adagrad": (lambda: opt.adagrad(0.05), "fnn_scaled_f32"),  # RMSProp's kernel too
+    "adam": (lambda: opt.adam(0.01), "fnn_adam_multi_f32"),
+    "nesterov": (lambda: opt.momentum(0.01, nesterov=True), "fnn_momentum_multi_f32"),
+    "adagrad": (lambda: opt.adagrad(0.05), "fnn_scaled_multi_f32"),  # RMSProp's kernel too
 }
 
 
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_one_pass_kernel_leaves_within_the_rounding_of_p_new_minus_p(name):
-    """On a kernel leaf ``update`` is fl(p_new − p) and Flax adds it back with
-    ``optax.apply_updates``, where fnn's loop takes p_new itself: exact whenever the
+    """Flax adds the exact update with ``optax.apply_updates``; fnn's own loop
+    (``optimizers.step``) takes the kernel's p_new itself: exact whenever the
     subtraction is (Sterbenz: p_new within a factor 2 of p), else one rounding of at most an
     ulp of max(|p|, |p_new|) per step. The gradients are a fixed sequence (not functions of
     the params) so the rounding differences add up instead of being amplified by the loss:

@@ -210,9 +210,9 @@ def test_variants_without_a_kernel_run_the_plain_rule():
         assert not kernels_in(step, tx)
 
 
-@pytest.mark.parametrize("tx, target", [(opt.adam(1e-3), "fnn_adam_f32"),
-                                        (opt.adagrad(1e-3), "fnn_scaled_f32"),
-                                        (opt.momentum(1e-3, 0.9), "fnn_momentum_f32")])
+@pytest.mark.parametrize("tx, target", [(opt.adam(1e-3), "fnn_adam_multi_f32"),
+                                        (opt.adagrad(1e-3), "fnn_scaled_multi_f32"),
+                                        (opt.momentum(1e-3, 0.9), "fnn_momentum_multi_f32")])
 def test_a_donated_step_is_one_pass_in_place(tx, target):
     """One custom call updates p and moments in place; no XLA loop re-reads the big arrays."""
     params = {"w": jnp.zeros((512, 512), jnp.float32)}
@@ -307,7 +307,7 @@ def test_packed_buffers_take_the_kernel():
     params = big_tree()
     packed = opt.pack(params)
     fused, _, step = run(opt.adam(1e-2), params=packed)
-    assert "fnn_adam_f32" in step.lower(packed, opt.adam(1e-2).init(packed), 0).as_text()
+    assert "fnn_adam_multi_f32" in step.lower(packed, opt.adam(1e-2).init(packed), 0).as_text()
     reference, _, _ = run(opt.adam(1e-2), params=params, fast=False)
     np.testing.assert_allclose(opt.unpack(fused)["w"], reference["w"], rtol=2e-5, atol=2e-6)
 
@@ -338,7 +338,7 @@ def test_sharded_params_stay_sharded():
             return opt.step(tx, g, s, p)
         new, state = step(params, tx.init(params), grads)
         text = step.lower(params, tx.init(params), grads).compile().as_text()
-        assert "fnn_adam_f32" in text and "all-gather" not in text, text[-3000:]
+        assert "fnn_adam_multi_f32" in text and "all-gather" not in text, text[-3000:]
         assert new["w"].sharding.spec == P("x"), new["w"].sharding
         assert state.mu["w"].sharding.spec == P("x"), state.mu["w"].sharding
         alone, _ = step({"w": w}, tx.init({"w": w}), {"w": jnp.cos(w)})

@@ -248,7 +248,7 @@ def test_each_group_runs_its_own_one_pass_kernel():
         return opt.step(tx, grads, s, p)
 
     state = tx.init(params)
-    assert jax.jit(step).lower(params, state).as_text().count("fnn_adam_f32") >= 1
+    assert jax.jit(step).lower(params, state).as_text().count("fnn_adam_multi_f32") >= 1
     new, state = jax.jit(step)(params, state)
     expected, _, _ = numpy_adam(np.asarray(params["head"], np.float64),
                                 np.asarray(grads["head"], np.float64), 0.0, 0.0, 1,
