@@ -61,10 +61,11 @@ OPTIMIZERS = {
 }
 
 
-def run_both(tx, params, grad_fn, steps=STEPS):
+def run_both(tx, params, grad_fn, steps=STEPS, fast=False):
     """(TrainState after ``steps`` apply_gradients, fnn loop's (params, opt_state), the jitted
     program): ``grad_fn(params, i)`` gives step i's gradient. Both runs are in one program (one
-    compilation), each a ``fori_loop`` of its own steps."""
+    compilation), each a ``fori_loop`` of its own steps. fnn's loop is ``update`` +
+    ``apply_updates``, or ``optimizers.step`` (the one-pass kernels) if ``fast``."""
     state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
     state = state.replace(step=jnp.zeros((), jnp.int32))  # create's int 0 as a loop carry
 
@@ -75,7 +76,10 @@ def run_both(tx, params, grad_fn, steps=STEPS):
 
         def own_step(i, ours):
             params, opt_state = ours
-            return opt.step(tx, grad_fn(params, i), opt_state, params)
+            if fast:
+                return opt.step(tx, grad_fn(params, i), opt_state, params)
+            updates, opt_state = tx.update(grad_fn(params, i), opt_state, params)
+            return opt.apply_updates(params, updates), opt_state
 
         return (jax.lax.fori_loop(0, steps, flax_step, state),
                 jax.lax.fori_loop(0, steps, own_step, ours))
@@ -152,15 +156,17 @@ def test_one_pass_kernel_leaves_within_the_rounding_of_p_new_minus_p(name):
     grads = jax.device_put({"w": rng.normal(size=(STEPS, BIG // 256, 256)).astype(np.float32),
                             "b": np.ones((STEPS, 4), np.float32)})
     state, (params_ours, opt_state_ours), hlo = run_both(
-        tx, params, lambda p, i: jax.tree.map(lambda g: g[i], grads))
+        tx, params, lambda p, i: jax.tree.map(lambda g: g[i], grads), fast=True)
     assert target in hlo(), "the kernel path was not taken"
     w_flax, w_ours = np.asarray(state.params["w"]), np.asarray(params_ours["w"])
     largest = max(np.abs(w_flax).max(), np.abs(w_ours).max(), np.abs(params["w"]).max())
     bound = STEPS * np.spacing(np.float32(largest))
     error = np.abs(w_flax - w_ours).max()
     assert error <= bound, f"{name}: max |Δp| {error:.3g} > {bound:.3g}"
-    np.testing.assert_array_equal(np.asarray(state.params["b"]), np.asarray(params_ours["b"]))
-    assert_trees_equal(state.opt_state, opt_state_ours)  # the moments see the same gradients
+    np.testing.assert_allclose(np.asarray(state.params["b"]), np.asarray(params_ours["b"]),
+                               rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(opt_state_ours)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)  # same gradients
 
 
 # ----------------------------------------------------------------------------- kernel_init
