@@ -10,9 +10,11 @@ params and gradients (fnn's fast path: one flat buffer per dtype).
 A torch contender is ``torch.optim`` with ``fused=True`` or ``foreach=True``
 (RMSProp has no fused CPU kernel: n/a), thread count as torch sets it.
 
+``own_step=True`` steps with ``optimizers.step`` (the optimizer writes the params:
+fnn's fast path); otherwise update + the contender's ``apply_updates`` (``p + u``).
 To benchmark a new fast path, add a line to :data:`JAX_CONTENDERS`, e.g.::
 
-    "fnn fast": JaxContender(lambda name: FNN[name](packed=True), opt.apply_updates),
+    "fnn fast": JaxContender(lambda name: FNN[name](), opt.apply_updates, own_step=True),
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class JaxContender:
     make: Callable[[str], Any]
     apply_updates: Callable[[Any, Any], Any]
     packed: bool = False
+    own_step: bool = False  # step with optimizers.step (the write owned by the optimizer)
 
     def prepare(self, tree: Any) -> Any:
         """The params (or gradients) as this contender's step takes them."""
@@ -74,6 +77,8 @@ class JaxContender:
         """A fresh ``step(params, state, grads) -> (params, state)`` and its tx."""
         tx = self.make(name)
         apply_updates = self.apply_updates
+        if self.own_step:
+            return (lambda params, state, grads: opt.step(tx, grads, state, params)), tx
 
         def step(params, state, grads):
             updates, state = tx.update(grads, state, params)
@@ -150,11 +155,13 @@ def torch_available() -> bool:
 
 JAX_CONTENDERS: dict[str, JaxContender] = {
     "optax": JaxContender(lambda name: OPTAX[name](), optax.apply_updates),
-    "fnn": JaxContender(lambda name: FNN[name](), opt.apply_updates),
+    # what users get: optimizers.step on the plain params tree (fnn.train's step)
+    "fnn step": JaxContender(lambda name: FNN[name](), opt.apply_updates, own_step=True),
+    # the p + u path of Flax TrainState / nnx.Optimizer / eqx.apply_updates
+    "fnn p+u": JaxContender(lambda name: FNN[name](), optax.apply_updates),
+    "fnn packed": JaxContender(lambda name: FNN[name](), opt.apply_updates, packed=True,
+                               own_step=True),
 }
-if hasattr(opt, "pack"):
-    JAX_CONTENDERS["fnn packed"] = JaxContender(lambda name: FNN[name](), opt.apply_updates,
-                                                packed=True)
 
 TORCH_CONTENDERS: dict[str, TorchContender] = (
     {"torch fused": TorchContender("fused"), "torch foreach": TorchContender("foreach")}

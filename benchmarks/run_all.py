@@ -59,7 +59,7 @@ from train_step import train_rows
 COMPILE_CASES = [f"compile:{n}" for n in COMPILE_LEAVES]
 ALL_CASES = ["stream", *STEP_CASES, *COMPILE_CASES, "train"]
 ALIASES = {"step": list(STEP_CASES), "compile": COMPILE_CASES}
-QUICK_SKIP = {5000: ("optax", "fnn")}  # compiles that take ~50 s each
+QUICK_SKIP = {5000: ("optax", "fnn p+u")}  # compiles that take ~50 s each
 
 
 def parse_list(text: str | None, allowed: Sequence[str], what: str,

@@ -74,6 +74,8 @@ def train_runner(contender: JaxContender | None, name: str = "adam") -> Callable
 
         def step(params, state, x, y):
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+            if contender.own_step:
+                return (*opt.step(tx, grads, state, params), loss)
             updates, state = tx.update(grads, state, params)
             return contender.apply_updates(params, updates), state, loss
 

@@ -171,8 +171,8 @@ def train_step_fn(loss_fn: LossFn, tx: opt.Optimizer, *, shardings: Any = None) 
                 state.params, state.model_state)
         if shardings is not None:
             grads = jax.lax.with_sharding_constraint(grads, shardings.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = opt.apply_updates(state.params, updates)
+        # the optimizer writes the params itself (one pass, in place, where it has kernels)
+        params, opt_state = opt.step(tx, grads, state.opt_state, state.params)
         new = TrainState(params, model_state, opt_state, state.step + 1)
         if shardings is not None:
             new = jax.lax.with_sharding_constraint(new, shardings)

@@ -37,7 +37,8 @@ drop-in ``tx`` for code written for optax (e.g. a Flax ``TrainState``).
 """
 
 from . import schedules
-from ._base import Optimizer, apply_updates, chain, from_rule
+from ._base import Optimizer, apply_updates, chain, step
+from ._rule import from_rule
 from .adagrad import AdagradState, adagrad
 from .adam import AdamState, adam, adamw
 from .averaging import EmaState, averaged_params, ema
@@ -76,7 +77,7 @@ __all__ = [
     "AccumulateState", "AdagradState", "AdamState", "MaskedState", "MomentumState", "Optimizer",
     "Packed", "pack", "unpack",
     "RmspropState", "SgdState", "SkipNonfiniteState", "TransformState", "accumulate",
-    "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip",
+    "adagrad", "adam", "adamw", "add_decayed_weights", "apply_updates", "chain", "clip", "step",
     "clip_by_global_norm", "from_rule", "global_norm", "hyperparams", "masked", "momentum",
     "rmsprop", "schedules", "set_hyperparams", "sgd", "skip_nonfinite", "switch", "SwitchState",
     # building blocks, per-group optimizers, parameter averaging

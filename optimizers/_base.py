@@ -33,8 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _fused, _mask, _scheduled, _validate
-from .hyperparams import check_state_matches, used_values
+from . import _mask, _validate
 
 Params = Any
 Updates = Any
@@ -43,11 +42,17 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 
 class Optimizer(NamedTuple):
-    """A pair of pure functions, the same protocol as optax's GradientTransformation.
+    """Pure functions, the same protocol as optax's GradientTransformation (init, update first).
 
     ``init(params) -> state`` and
-    ``update(grads, state, params=None, **extra) -> (updates, state)``.
-    Apply the updates with :func:`apply_updates`.
+    ``update(grads, state, params=None, **extra) -> (updates, state)``: the exact
+    update, applied with :func:`apply_updates` (or ``p + u``).
+
+    ``step(grads, state, params, **extra) -> (params, state)`` (optional, None
+    when the optimizer has none) steps the params itself: the fast path, which
+    :func:`optimizers.step` uses (one pass over memory on the CPU for the
+    optimizers with kernels). An optimizer without it is stepped as
+    ``update`` + :func:`apply_updates`.
 
     Example:
         >>> tx = optimizers.sgd(0.1)
@@ -58,6 +63,7 @@ class Optimizer(NamedTuple):
 
     init: Callable[[Params], State]
     update: Callable[..., tuple[Updates, State]]
+    step: Callable[..., tuple[Params, State]] | None = None
 
 
 # --------------------------------------------------------------------------- trees
@@ -89,11 +95,13 @@ def structure_error(owner: str, name: str, tree: Any, ref_name: str, reference: 
 
 def check_same_structure(owner: str, name: str, tree: Any, ref_name: str, reference: Any) -> None:
     """Raises :func:`structure_error` unless the trees have the same structure and shapes."""
-    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(reference):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    ref_leaves, ref_treedef = jax.tree_util.tree_flatten(reference)
+    if treedef != ref_treedef:
         raise structure_error(owner, name, tree, ref_name, reference)
-    for (path, a), b in zip(
-        jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(reference)
-    ):
+    if [jnp.shape(a) for a in leaves] == [jnp.shape(b) for b in ref_leaves]:
+        return  # the common case: no paths built
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0], ref_leaves):
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
                 f"{owner}: {name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
@@ -159,215 +167,54 @@ def split_hyperparams(owner: str, values: Mapping[str, Any]) -> tuple[dict, dict
     return fixed, schedules
 
 
-def _cast(x: Any, dtype: Any) -> jax.Array:
-    """``x`` as ``dtype``, without a conversion op when it already is."""
-    x = jnp.asarray(x)
-    return x if x.dtype == dtype else x.astype(dtype)
-
-
-def from_rule(
-    name: str,
-    rule: Callable[..., Callable[..., tuple[jax.Array, tuple]]],
-    state_type: type,
-    hyperparams: Mapping[str, Any],
-    *,
-    moments: Sequence[str] = (),
-    moment_init: Mapping[str, str] | None = None,
-    moment_dtype: Any = None,
-    needs_params: bool = False,
-    mask: Any = None,
-    masked: Sequence[str] = (),
-    reduce: Callable[[list[jax.Array]], dict[str, jax.Array]] | None = None,
-    fused: tuple[Callable, Callable] | None = None,
-) -> Optimizer:
-    """Lifts a two-level rule to an :class:`Optimizer` over pytrees.
-
-    Which hyperparameter values a step uses (:func:`optimizers.hyperparams.used_values`):
-    the optimizer's own (its constructor's arguments), except those changed
-    with :func:`optimizers.set_hyperparams` (or traced when the state was
-    made), where the state's value wins; the used values are written back to
-    the state. A schedule's peak is kept and chosen the same way; the step uses
-    schedule(t) · peak / own peak (:mod:`optimizers._scheduled`). A concrete value
-    out of range is an error at construction; a traced one (or a schedule's
-    value) out of range makes the step NaN.
-
-    Args:
-      name: the constructor's name, used in error messages.
-      rule: ``rule(count, **hyperparams, **reduced) -> leaf`` does the scalar work
-        once per update (per compute dtype) and returns
-        ``leaf(g, p, *moments) -> (update, tuple_of_new_moments)``, written for
-        arrays of any shape.
-      state_type: a NamedTuple with fields ``count``, one per moment,
-        ``hyperparams``, ``scheduled`` and ``overridden``; fields of moments
-        that this configuration does not use (not in ``moments``) hold ``()``.
-      hyperparams: the constructor's numeric hyperparameters by name; each a
-        number, a (possibly traced) scalar array or a schedule ``step -> value``.
-      moments: names of the per-param state arrays, in the order ``leaf`` takes them.
-      moment_init: moment name -> hyperparameter name whose value fills it at init
-        (other moments start at zero).
-      moment_dtype: dtype of the moments; by default the param dtype, but at
-        least float32 (bfloat16/float16 params get float32 moments).
-      needs_params: the rule reads ``p``; ``update`` must then be given params.
-      mask: pytree of bools or function params -> bools (a prefix of the params
-        tree); where False, the hyperparameters named in ``masked`` are zero
-        for that leaf.
-      reduce: optional ``reduce(grad_leaves) -> dict of scalars`` computed over all
-        leaves before the rule runs (e.g. a global norm); passed to ``rule``.
-      fused: optional ``(coefficients, step)`` of a one-pass kernel
-        (:mod:`optimizers._fused`): ``coefficients(count, **hyperparams)`` and
-        ``step(coefficients, g, p, *moments) -> (new_p, *new_moments)``, used for
-        the leaves ``_fused.eligible`` accepts; the update is then ``new_p - p``
-        and :func:`apply_updates` returns ``new_p`` itself.
-    """
-    fixed, schedules = split_hyperparams(name, hyperparams)
-    peaks = _scheduled.own_peaks(schedules)  # the settable peaks of the schedules, as data
-    own = {**fixed, **peaks}
-    moment_init = dict(moment_init or {})
-    unused = {f: () for f in state_type._fields}  # fields of moments this configuration lacks
-
-    def make_state(**fields):
-        return state_type(**{**unused, **fields})
-
-    if moment_dtype is not None and not jnp.issubdtype(moment_dtype, jnp.floating):
-        raise TypeError(f"{name}: moment_dtype must be a floating dtype; got {moment_dtype}.")
-
-    def init(params: Params) -> State:
-        check_float_leaves(name, params)
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        dtype = hyperparam_dtype(leaves)
-        hyper = {k: jnp.asarray(v, dtype) for k, v in own.items()}
-        # A value traced when the state is made (an optimizer built inside jit/vmap from an
-        # array) is the state's own data, like a value given to set_hyperparams.
-        overridden = {k: jnp.asarray(isinstance(v, jax.core.Tracer)) for k, v in own.items()}
-        first = jnp.zeros((), jnp.int32)
-        scheduled = {k: jnp.asarray(s(first), dtype) for k, s in schedules.items()}
-        values = {**hyper, **scheduled}
-        state_moments = {}
-        for moment in moments:
-            fill = values[moment_init[moment]] if moment in moment_init else 0
-            state_moments[moment] = jax.tree_util.tree_unflatten(treedef, [
-                jnp.full(jnp.shape(p), fill, moment_dtype or compute_dtype(jnp.result_type(p)))
-                for p in leaves])
-        return make_state(count=jnp.zeros((), jnp.int32), hyperparams=hyper, scheduled=scheduled,
-                          overridden=overridden, **state_moments)
-
-    def update(grads: Updates, state: State, params: Params = None, **extra) -> tuple:
-        del extra  # part of the protocol; rules take no extra arguments
-        if not isinstance(state, state_type):
-            raise TypeError(
-                f"{name}.update: state must be the {state_type.__name__} returned by "
-                f"{name}(...).init(params); got {type(state).__name__}."
-            )
-        check_state_matches(name, state, fixed, schedules)
-        _scheduled.check_peaks(name, state, peaks)
-        _check_moments(name, state, moments, grads)
-        if params is not None:
-            check_same_structure(f"{name}.update", "grads", grads, "params", params)
-        if needs_params and params is None:
-            raise ValueError(f"{name}.update needs the params: call update(grads, state, params).")
-        g_leaves, treedef = jax.tree_util.tree_flatten(grads)
-        p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(g_leaves)
-        m_leaves = [treedef.flatten_up_to(getattr(state, m)) for m in moments]
-        used = {k: s(state.count) for k, s in schedules.items()}
-        values, stored, scheduled = used_values(
-            state.hyperparams, state.overridden, own, state.scheduled, used)
-        keep = [True] * len(g_leaves)
-        if mask is not None:
-            keep = mask_leaves(name, mask, params if params is not None else grads)
-        count = safe_increment(state.count)
-        reduced = reduce(g_leaves) if reduce is not None else {}
-
-        cached: dict[tuple, Any] = {}  # (kind, dtype, kept) -> leaf function or kernel scalars
-
-        def hyper(dtype: Any, kept: bool) -> dict:
-            return {k: _cast(v if kept or k not in masked else jnp.zeros_like(v), dtype)
-                    for k, v in values.items()}
-
-        def leaf_fn(dtype: Any, kept: bool) -> Callable:
-            if ("rule", dtype, kept) not in cached:
-                extras = {k: _cast(v, dtype) for k, v in reduced.items()}
-                cached["rule", dtype, kept] = rule(count, **hyper(dtype, kept), **extras)
-            return cached["rule", dtype, kept]
-
-        def coefficients(kept: bool) -> jax.Array:
-            if ("fused", kept) not in cached:
-                cached["fused", kept] = fused[0](count, **hyper(jnp.float32, kept))
-            return cached["fused", kept]
-
-        updates, new_moments = [], [[] for _ in moments]
-        for i, g in enumerate(g_leaves):
-            p, state_i = p_leaves[i], [m[i] for m in m_leaves]
-            if fused is not None and _fused.eligible(g, p, *state_i):
-                new_p, *ms = fused[1](coefficients(keep[i]), g, p, *state_i)
-                u = new_p - p
-                _fused.remember(u, p, new_p)
-                updates.append(u)
-                for j, m in enumerate(ms):
-                    new_moments[j].append(m)
-                continue
-            g_dtype = jnp.result_type(g)
-            out_dtype = jnp.result_type(p) if p is not None else g_dtype
-            dtype = compute_dtype(jnp.promote_types(out_dtype, g_dtype))
-            u, ms = leaf_fn(dtype, keep[i])(_cast(g, dtype), None if p is None else _cast(p, dtype),
-                                            *[_cast(m, dtype) for m in state_i])
-            updates.append(_cast(u, out_dtype))
-            for j, m in enumerate(ms):
-                new_moments[j].append(_cast(m, state_i[j].dtype))
-        state = make_state(
-            count=count,
-            hyperparams=stored,
-            scheduled=scheduled,
-            overridden=state.overridden,
-            **{m: jax.tree_util.tree_unflatten(treedef, ms) for m, ms in zip(moments, new_moments)},
-        )
-        return jax.tree_util.tree_unflatten(treedef, updates), state
-
-    return Optimizer(init, update)
-
-
-def _check_moments(owner: str, state: Any, moments: Sequence[str], grads: Any) -> None:
-    """The state keeps exactly this configuration's moments, shaped like ``grads``."""
-    kept = set(moments)
-    for field in state._fields:
-        if field in ("count", "hyperparams", "scheduled", "overridden"):
-            continue
-        value = getattr(state, field)
-        if field not in kept and not (type(value) is tuple and not value):
-            raise ValueError(
-                f"{owner}.update: the state keeps a {field} moment, which {owner} built with "
-                f"these options does not (it keeps {', '.join(moments) or 'no moments'}); the "
-                "state was made by an optimizer with other options (e.g. rmsprop(centered="
-                "True) vs centered=False). Re-initialize it with this optimizer's init."
-            )
-    for i, moment in enumerate(moments):
-        value = getattr(state, moment)
-        if type(value) is tuple and not value and jax.tree_util.tree_leaves(grads):
-            raise ValueError(
-                f"{owner}.update: the state has no {moment} moment, which {owner} built with "
-                "these options keeps; the state was made by an optimizer with other options. "
-                "Re-initialize it with this optimizer's init."
-            )
-        if i == 0 or (jax.tree_util.tree_structure(value)
-                      != jax.tree_util.tree_structure(getattr(state, moments[0]))):
-            check_same_structure(f"{owner}.update", "grads", grads, "the optimizer state", value)
-
-
 # --------------------------------------------------------------------------- apply and chain
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
     """Adds updates to params leaf by leaf, keeping each param's dtype: p ← p + u.
 
+    A pure sum; the fast path that writes the params in place is :func:`step`.
+
     Example:
         >>> params = optimizers.apply_updates(params, updates)
     """
     check_same_structure("apply_updates", "updates", updates, "params", params)
+    return jax.tree_util.tree_map(
+        lambda p, u: jnp.asarray(p + u).astype(jnp.result_type(p)), params, updates)
 
-    def apply(p, u):
-        stepped = _fused.recall(p, u)  # the new param a one-pass kernel already computed
-        return stepped if stepped is not None else jnp.asarray(p + u).astype(jnp.result_type(p))
 
-    return jax.tree_util.tree_map(apply, params, updates)
+def step(tx: Any, grads: Updates, state: State, params: Params, **extra) -> tuple[Params, State]:
+    """One optimizer step that writes the params: ``(new_params, new_state)``.
+
+    Equal (to float32 rounding) to ``updates, state = tx.update(grads, state, params)``
+    followed by ``apply_updates(params, updates)``, but it owns the parameter
+    write, so on the CPU the float32 leaves of Adam/AdamW, AdaGrad, RMSProp and
+    Momentum (alone or inside ``chain``, ``masked``, ``partition``,
+    ``skip_nonfinite``, ``accumulate``, ``switch``) are stepped in one pass, in
+    place when params and state are donated to ``jax.jit``. This is what
+    ``fnn.train`` uses; use it in your own loops. An optimizer without a fast
+    path (e.g. one from optax) is stepped as update + apply_updates.
+
+    Args:
+      tx: an :class:`Optimizer` (or any optax-protocol ``(init, update)`` pair).
+      grads, state, params: as for ``tx.update``; params are required.
+      **extra: passed on to ``tx``.
+
+    Example:
+        >>> @functools.partial(jax.jit, donate_argnums=(0, 1))
+        ... def train_step(params, opt_state, batch):
+        ...     grads = jax.grad(loss)(params, batch)
+        ...     return optimizers.step(tx, grads, opt_state, params)
+    """
+    check_optimizer("step", "tx", tx)
+    if params is None:
+        raise ValueError("step: params are required (the step writes them); "
+                         "use tx.update(grads, state) for updates without params.")
+    own = getattr(tx, "step", None)
+    if own is not None:
+        return own(grads, state, params, **extra)
+    updates, state = tx.update(grads, state, params, **extra)
+    return apply_updates(params, updates), state
 
 
 def chain(*transforms: Optimizer) -> Optimizer:
@@ -385,16 +232,31 @@ def chain(*transforms: Optimizer) -> Optimizer:
     def init(params: Params) -> tuple:
         return tuple(tx.init(params) for tx in transforms)
 
-    def update(grads: Updates, state: tuple, params: Params = None, **extra) -> tuple:
+    def check(state: Any, entry: str) -> None:
         if type(state) is not tuple or len(state) != len(transforms):
             raise TypeError(
-                f"chain.update: state must be the tuple of {len(transforms)} link states returned "
-                f"by chain(...).init(params); got {type(state).__name__}."
+                f"chain.{entry}: state must be the tuple of {len(transforms)} link states "
+                f"returned by chain(...).init(params); got {type(state).__name__}."
             )
-        new_state = []
-        for tx, link_state in zip(transforms, state):
-            grads, link_state = tx.update(grads, link_state, params, **extra)
-            new_state.append(link_state)
-        return grads, tuple(new_state)
 
-    return Optimizer(init, update)
+    def run_links(links: Sequence[Any], grads: Updates, states: Sequence[Any], params: Params,
+                  extra: dict) -> tuple[Updates, list]:
+        new_states = []
+        for tx, link_state in zip(links, states):
+            grads, link_state = tx.update(grads, link_state, params, **extra)
+            new_states.append(link_state)
+        return grads, new_states
+
+    def update(grads: Updates, state: tuple, params: Params = None, **extra) -> tuple:
+        check(state, "update")
+        updates, new_states = run_links(transforms, grads, state, params, extra)
+        return updates, tuple(new_states)
+
+    def chained_step(grads: Updates, state: tuple, params: Params, **extra) -> tuple:
+        # every link but the last transforms the gradients; the last one steps the params
+        check(state, "step")
+        updates, head = run_links(transforms[:-1], grads, state[:-1], params, extra)
+        params, last = step(transforms[-1], updates, state[-1], params, **extra)
+        return params, (*head, last)
+
+    return Optimizer(init, update, chained_step if transforms else None)

@@ -56,8 +56,9 @@ from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; te
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
 
 
-def eligible(g: Any, p: Any, *moments: Any) -> bool:
-    """A leaf the kernels take: float32 gradient, param and moments, ≥ MIN_SIZE elements.
+def eligible(g: Any, p: Any, *moments: Any, min_size: int = MIN_SIZE) -> bool:
+    """A leaf the kernels take: float32 gradient, param and moments, ≥ ``min_size`` elements
+    (the multi-tensor kernels of :mod:`optimizers._multi` take any size: ``min_size=0``).
 
     Decided at trace time without building anything (the kernels are built when a CPU
     program is lowered); False for every leaf when ``FNN_FUSED=0``.
@@ -66,7 +67,7 @@ def eligible(g: Any, p: Any, *moments: Any) -> bool:
     return (p is not None
             and all(jnp.result_type(x) == jnp.float32 for x in arrays)
             and all(jnp.shape(x) == jnp.shape(p) for x in arrays)
-            and jnp.size(p) >= MIN_SIZE
+            and jnp.size(p) >= min_size
             and _native.enabled())
 
 

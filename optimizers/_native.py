@@ -29,6 +29,7 @@ lowered for a GPU or TPU never builds or warns about a compiler.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -51,7 +52,10 @@ from jax.interpreters import mlir
 
 # custom-call target -> symbol of its handler in _kernels/steps.cc
 TARGETS = {"fnn_adam_f32": "FnnAdamF32", "fnn_scaled_f32": "FnnScaledF32",
-           "fnn_momentum_f32": "FnnMomentumF32"}
+           "fnn_momentum_f32": "FnnMomentumF32",
+           # multi-tensor: one call steps a list of leaves (see multi_kernel_call)
+           "fnn_adam_multi_f32": "FnnAdamMultiF32", "fnn_scaled_multi_f32": "FnnScaledMultiF32",
+           "fnn_momentum_multi_f32": "FnnMomentumMultiF32"}
 SOURCE = Path(__file__).with_name("_kernels") / "steps.cc"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
 BUILD_TIMEOUT = 300  # seconds a compiler may run
@@ -420,3 +424,48 @@ def kernel_call(target: str, reference: Callable, outputs: int) -> Callable:
     mlir.register_lowering(primitive, plain)
     mlir.register_lowering(primitive, cpu, platform="cpu")
     return lambda coef, g, p, *moments: tuple(primitive.bind(g, p, *moments, coef))
+
+
+def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callable:
+    """``call(coef, flags, *arrays, leaves=n) -> outputs · n arrays``: one multi-tensor kernel
+    call stepping ``n`` leaves in place.
+
+    ``arrays`` are ``g_1..g_n, p_1..p_n`` and then each moment list (``outputs - 1`` of them);
+    the results are ``p_1..p_n`` and the moment lists in that order, each typed like its
+    leaf's ``p``. Lowered as the kernel ``target`` on the CPU (the results alias the params'
+    and moments' operands: donate them, or XLA copies them first), and as
+    ``reference(coef, flags, *arrays)`` on other platforms or when the kernels are
+    unavailable. The kernels are built when the first CPU program with a call is lowered.
+    """
+    primitive = Primitive(f"{target}_step")
+    primitive.multiple_results = True
+
+    def abstract(coef, flags, *arrays, leaves):
+        params = arrays[leaves:2 * leaves]
+        return params * outputs
+
+    primitive.def_abstract_eval(abstract)
+
+    @functools.cache
+    def eager(leaves):  # eager use: compiled like any jitted call, once per leaf count
+        return jax.jit(functools.partial(primitive.bind, leaves=leaves))
+
+    primitive.def_impl(lambda *operands, leaves: eager(leaves)(*operands))
+
+    def plain(ctx, *operands, leaves):
+        return mlir.lower_fun(reference, multiple_results=True)(ctx, *operands)
+
+    def cpu(ctx, *operands, leaves):
+        if not available():
+            return plain(ctx, *operands, leaves=leaves)
+        # Operands: coef, flags, g_1..g_n, then the params (result 0..n-1) and moments.
+        aliases = {2 + leaves + i: i for i in range(outputs * leaves)}
+        return jax.ffi.ffi_lowering(target, operand_output_aliases=aliases)(ctx, *operands)
+
+    mlir.register_lowering(primitive, plain)
+    mlir.register_lowering(primitive, cpu, platform="cpu")
+
+    def call(coef, flags, *arrays, leaves: int):
+        return tuple(primitive.bind(coef, flags, *arrays, leaves=leaves))
+
+    return call

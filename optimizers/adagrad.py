@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _fused
-from ._base import Optimizer, from_rule
+from . import _fused, _multi
+from ._base import Optimizer
 from ._fused import divide_or_zero, rsqrt_or_zero
+from ._rule import from_rule
 
 
 class AdagradState(NamedTuple):
@@ -65,5 +66,5 @@ def adagrad(
         moment_dtype=moment_dtype,
         fused=(lambda count, learning_rate, eps, initial_accumulator:
                _fused.scaled_coefficients(1.0, 1.0, learning_rate, eps, eps_in_sqrt),
-               _fused.scaled_step),
+               _fused.scaled_step, _multi.scaled_multi),
     )

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._base import Optimizer, apply_updates, check_same_structure, from_rule
+from ._base import Optimizer, apply_updates, check_same_structure
+from ._rule import from_rule
 from .hyperparams import _groups, _wrapped_field
 
 

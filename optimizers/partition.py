@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _mask
-from ._base import Optimizer, check_optimizer, check_same_structure
+from ._base import Optimizer, check_optimizer, check_same_structure, step
 from .packing import Packed
 
 
@@ -65,7 +65,11 @@ def freeze() -> Optimizer:
         return jax.tree_util.tree_map(lambda g: jnp.full(jnp.shape(g), -0.0, jnp.result_type(g)),
                                       grads), state
 
-    return Optimizer(init, update)
+    def freeze_step(grads: Any, state: FreezeState, params: Any, **extra) -> tuple:
+        update(grads, state)  # the same checks
+        return params, state  # p + (−0) is p
+
+    return Optimizer(init, update, freeze_step)
 
 
 def _is_label_tree(labels: Any) -> bool:
@@ -208,17 +212,17 @@ def partition(transforms: Mapping[str, Optimizer], labels: Any) -> Optimizer:
                   for name in transforms}
         return PartitionState({name: tx.init(groups[name]) for name, tx in transforms.items()})
 
-    def update(grads: Any, state: PartitionState, params: Any = None, **extra) -> tuple:
+    def run_groups(grads: Any, state: PartitionState, params: Any, entry: str, extra: dict):
         if not isinstance(state, PartitionState) or set(state.groups) != set(transforms):
             raise TypeError(
-                f"partition.update: state must be the PartitionState of groups "
+                f"partition.{entry}: state must be the PartitionState of groups "
                 f"{sorted(transforms)} returned by partition(...).init(params); got "
                 f"{type(state).__name__}"
                 + (f" with groups {sorted(state.groups)}." if isinstance(state, PartitionState)
                    else ".")
             )
         if params is not None:
-            check_same_structure("partition.update", "grads", grads, "params", params)
+            check_same_structure(f"partition.{entry}", "grads", grads, "params", params)
         leaf_label = labels_of(params if params is not None else grads)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         merged: list[Any] = [None] * len(leaves)
@@ -227,11 +231,15 @@ def partition(transforms: Mapping[str, Optimizer], labels: Any) -> Optimizer:
             keep = [label == name for label in leaf_label]
             inner_params = None if params is None else _mask.select(params, keep)
             try:
-                inner, new_groups[name] = tx.update(_mask.select(grads, keep), state.groups[name],
-                                                    inner_params, **extra)
+                if entry == "step":  # each group writes its own params
+                    inner, new_groups[name] = step(tx, _mask.select(grads, keep),
+                                                   state.groups[name], inner_params, **extra)
+                else:
+                    inner, new_groups[name] = tx.update(_mask.select(grads, keep),
+                                                        state.groups[name], inner_params, **extra)
             except ValueError as error:
                 raise ValueError(
-                    f"partition.update: group {name!r}: {error}\nIf the labels now give this "
+                    f"partition.{entry}: group {name!r}: {error}\nIf the labels now give this "
                     "group other leaves than when the state was made, make a new state with "
                     "tx.init(params) (or keep the labels)."
                 ) from error
@@ -241,4 +249,10 @@ def partition(transforms: Mapping[str, Optimizer], labels: Any) -> Optimizer:
                     merged[i] = next(chosen)
         return jax.tree_util.tree_unflatten(treedef, merged), PartitionState(new_groups)
 
-    return Optimizer(init, update)
+    def update(grads: Any, state: PartitionState, params: Any = None, **extra) -> tuple:
+        return run_groups(grads, state, params, "update", extra)
+
+    def partition_step(grads: Any, state: PartitionState, params: Any, **extra) -> tuple:
+        return run_groups(grads, state, params, "step", extra)
+
+    return Optimizer(init, update, partition_step)

@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _fused, _validate
-from ._base import Optimizer, from_rule
+from . import _fused, _multi, _validate
+from ._base import Optimizer
 from ._fused import divide_or_zero, rsqrt_or_zero
+from ._rule import from_rule
 
 
 class RmspropState(NamedTuple):
@@ -92,6 +93,6 @@ def rmsprop(
     fused = None if len(moments) > 1 else (
         lambda count, learning_rate, decay, eps:
         _fused.scaled_coefficients(decay, 1 - decay, learning_rate, eps, eps_in_sqrt),
-        _fused.scaled_step)
+        _fused.scaled_step, _multi.scaled_multi)
     return from_rule("rmsprop", rule, RmspropState, hyperparams,
                      moments=moments, moment_dtype=moment_dtype, fused=fused)

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._base import Optimizer, from_rule
+from ._base import Optimizer
 from ._fused import divide_or_zero, rsqrt_or_zero
+from ._rule import from_rule
 from .packing import Packed
 from .transforms import TransformState
 

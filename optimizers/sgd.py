@@ -6,8 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 
-from . import _fused
-from ._base import Optimizer, from_rule
+from . import _fused, _multi
+from ._base import Optimizer
+from ._rule import from_rule
 
 
 class SgdState(NamedTuple):
@@ -81,5 +82,5 @@ def momentum(
         moments=("velocity",), moment_dtype=moment_dtype,
         fused=(lambda count, learning_rate, momentum:
                _fused.momentum_coefficients(momentum, learning_rate, nesterov),
-               _fused.momentum_step),
+               _fused.momentum_step, _multi.momentum_multi),
     )

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from . import _vma
-from ._base import Optimizer, from_rule
+from ._base import Optimizer
+from ._rule import from_rule
 
 
 class TransformState(NamedTuple):

@@ -11,11 +11,13 @@ import numpy as np
 from . import _mask, _vma
 from ._base import (
     Optimizer,
+    apply_updates,
     check_optimizer,
     check_same_structure,
     compute_dtype,
     mask_leaves,
     safe_increment,
+    step,
 )
 from .hyperparams import _owners
 
@@ -112,7 +114,22 @@ def masked(tx: Optimizer, mask: Any) -> Optimizer:
                   for g, k in zip(leaves, keep)]
         return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
 
-    return Optimizer(init, update)
+    def masked_step(grads, state, params, **extra):
+        # tx steps its leaves; the others stay (an optimizer) or get p + g (a transform),
+        # as update + apply_updates would give them
+        _check_state("masked", state, MaskedState)
+        check_same_structure("masked.step", "grads", grads, "params", params)
+        keep = mask_leaves("masked", mask, params)
+        inner_params, inner = step(tx, _mask.select(grads, keep), state.inner,
+                                   _mask.select(params, keep), **extra)
+        chosen = iter(jax.tree_util.tree_leaves(inner_params))
+        freeze = _applies_learning_rate(state.inner)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        merged = [next(chosen) if k else p if freeze else apply_updates(p, g)
+                  for p, g, k in zip(leaves, treedef.flatten_up_to(grads), keep)]
+        return jax.tree_util.tree_unflatten(treedef, merged), MaskedState(inner)
+
+    return Optimizer(init, update, masked_step)
 
 
 def _zeros(shapes: Any) -> Any:
@@ -124,7 +141,9 @@ def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         return jnp.array(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    # x · 0 is 0 for finite x and NaN for NaN and ±inf: one fused reduction per leaf reads
+    # the gradient once (all(isfinite(x)) first writes a boolean array)
+    return jnp.isfinite(sum(jnp.sum(jnp.asarray(x) * 0, dtype=jnp.float32) for x in leaves))
 
 
 def skip_nonfinite(tx: Optimizer) -> Optimizer:
@@ -165,7 +184,27 @@ def skip_nonfinite(tx: Optimizer) -> Optimizer:
         skipped = jnp.where(finite, state.skipped, safe_increment(state.skipped))
         return updates, SkipNonfiniteState(inner, skipped, finite)
 
-    return Optimizer(init, update)
+    def skip_step(grads, state, params, **extra):
+        # the same choice around tx's own step: no update tree is made, and the skipped
+        # branch hands back params and state as they were
+        _check_state("skip_nonfinite", state, SkipNonfiniteState)
+        finite = _vma.all_devices(_all_finite(grads))
+
+        # params and state go in as the operand, in the order they come out, so that XLA
+        # steps them in place in the branch that runs (no copies of passed-through buffers)
+        def apply(carry):
+            return step(tx, grads, carry[1], carry[0], **extra)
+
+        def skip(carry):
+            return carry
+
+        carry = (params, state.inner)
+        branches = _vma.join_branches([skip, apply], carry, (grads, state, params))
+        new_params, inner = jax.lax.cond(finite, branches[1], branches[0], carry)
+        skipped = jnp.where(finite, state.skipped, safe_increment(state.skipped))
+        return new_params, SkipNonfiniteState(inner, skipped, finite)
+
+    return Optimizer(init, update, skip_step)
 
 
 def accumulate(tx: Optimizer, every: int) -> Optimizer:
@@ -216,7 +255,33 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         updates, inner, grad_sum = jax.lax.cond(due, apply, wait, None)
         return updates, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
 
-    return Optimizer(init, update)
+    def accumulate_step(grads, state, params, **extra):
+        # only the every-th call steps (with the mean); the others keep params and state
+        _check_state("accumulate", state, AccumulateState)
+        check_same_structure("accumulate.step", "grads", grads, "the optimizer state",
+                             state.grad_sum)
+        mini_step = state.mini_step + 1
+
+        def summed(grad_sum):  # inside each branch, so that the sum is never passed through
+            return jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), grad_sum, grads)
+
+        def apply(carry):
+            new_params, inner, grad_sum = carry
+            mean = jax.tree_util.tree_map(lambda s, g: (s / every).astype(g.dtype),
+                                          summed(grad_sum), grads)
+            new_params, inner = step(tx, mean, inner, new_params, **extra)
+            return new_params, inner, jax.tree_util.tree_map(jnp.zeros_like, grad_sum)
+
+        def wait(carry):
+            return carry[0], carry[1], summed(carry[2])
+
+        due = mini_step >= every
+        carry = (params, state.inner, state.grad_sum)
+        wait, apply = _vma.join_branches([wait, apply], carry, (grads, state, params))
+        new_params, inner, grad_sum = jax.lax.cond(due, apply, wait, carry)
+        return new_params, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
+
+    return Optimizer(init, update, accumulate_step)
 
 
 def switch(*transforms: Optimizer) -> Optimizer:
@@ -268,7 +333,32 @@ def switch(*transforms: Optimizer) -> Optimizer:
                                          state.states)
         return updates, SwitchState(state.index, states)
 
-    return Optimizer(init, update)
+    def switch_step(grads, state, params, **extra):
+        # lax.switch over the optimizers' own steps: only the chosen one writes the params
+        if not isinstance(state, SwitchState) or len(state.states) != len(transforms):
+            raise TypeError(f"switch.step: state must be the SwitchState of {len(transforms)} "
+                            "optimizers returned by switch(...).init(params).")
+        index = _check_index(state.index, len(transforms))
+
+        def branch(i):  # params and states in as the operand, out in the same order
+            def run(carry):
+                params, states = carry
+                new_params, new = step(transforms[i], grads, states[i], params, **extra)
+                return new_params, states[:i] + (new,) + states[i + 1:]
+            return run
+
+        def out_of_range(carry):  # NaN params, as p + NaN updates would give
+            return jax.tree_util.tree_map(lambda p: jnp.full_like(p, jnp.nan), carry[0]), carry[1]
+
+        valid = (index >= 0) & (index < len(transforms))
+        carry = (params, state.states)
+        branches = _vma.join_branches([branch(i) for i in range(len(transforms))]
+                                      + [out_of_range], carry, (grads, state, params))
+        new_params, states = jax.lax.switch(jnp.where(valid, index, len(transforms)), branches,
+                                            carry)
+        return new_params, SwitchState(state.index, states)
+
+    return Optimizer(init, update, switch_step)
 
 
 def _check_index(index: Any, count: int) -> jax.Array:

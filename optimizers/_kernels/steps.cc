@@ -20,6 +20,21 @@
 // 0, the limit, not 0/0 = NaN: the denominator is replaced by +inf (one select).
 // FnnMomentumF32 (g, p, u, coef) -> (p, u), coef = [momentum, lr, nesterov]:
 //   u ← momentum · u + g;  p ← p − lr · u   (nesterov: p ← p − lr · (g + momentum · u)).
+//
+// Multi-tensor versions: one call steps a whole list of n float32 leaves of any sizes
+// and shapes (scalars and empty leaves included), in place, with one coefficient
+// vector for all of them (the same layouts as above) and one flag per leaf:
+// FnnAdamMultiF32 (coef, flags, g_1..g_n, p_1..p_n, m_1..m_n, v_1..v_n)
+//   -> (p_1..p_n, m_1..m_n, v_1..v_n); leaf i decays by coef[7] · flags[i]
+//   (1 where AdamW's weight decay applies to it, 0 where a mask turns it off).
+// FnnScaledMultiF32 (coef, flags, g.., p.., s..) -> (p.., s..) and
+// FnnMomentumMultiF32 (coef, flags, g.., p.., u..) -> (p.., u..): these rules have no
+//   decay term; flags (n entries) is checked and otherwise unused, so that the three
+//   kernels share one operand layout.
+// The leaves are read as one concatenated range of elements cut into equal chunks
+// (a chunk may span leaf boundaries), so the intra-op thread pool shares the work
+// by bytes, whatever the mix of leaf sizes. Each chunk runs the single-leaf kernels'
+// per-range functions, so every element gets exactly the single-leaf arithmetic.
 
 #include <atomic>
 #include <cmath>
@@ -27,6 +42,9 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <string>
+#include <vector>
+#include <algorithm>
 #include <utility>
 
 #include "xla/ffi/api/ffi.h"
@@ -173,6 +191,140 @@ ffi::Error OneMoment(ffi::ThreadPool pool, F32 g, F32 p, F32 s, F32 coef, F32Out
   return ffi::Error::Success();
 }
 
+// --------------------------------------------------------------------------- multi-tensor
+
+// The leaves of one multi-tensor call: `inputs` arrays per leaf (g, p, then the
+// moments) are read, the last `inputs - 1` of them (p and the moments) written.
+struct Leaves {
+  int64_t n = 0;                  // leaves
+  int inputs = 0;                 // arrays read per leaf
+  std::vector<const float*> in;   // in[a * n + i]: array a of leaf i
+  std::vector<float*> out;        // out[a * n + i]: result a (p, moments) of leaf i
+  std::vector<int64_t> start;     // leaf i holds elements [start[i], start[i + 1])
+};
+
+// Decodes and checks the variadic operands and results into `leaves`.
+ffi::Error DecodeLeaves(const char* name, int inputs, size_t flags, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets, Leaves& leaves) {
+  const size_t outputs = inputs - 1;
+  const std::string who = std::string(name) + ": ";
+  if (rets.size() % outputs != 0 || args.size() != rets.size() / outputs * inputs) {
+    return ffi::Error::InvalidArgument(
+        who + "expected " + std::to_string(inputs) + " arrays per leaf after coef and flags and " +
+        std::to_string(outputs) + " results per leaf; got " + std::to_string(args.size()) +
+        " and " + std::to_string(rets.size()));
+  }
+  const int64_t n = static_cast<int64_t>(rets.size() / outputs);
+  if (flags != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument(who + "flags must have one entry per leaf (" +
+                                       std::to_string(n) + "), got " + std::to_string(flags));
+  }
+  leaves.n = n;
+  leaves.inputs = inputs;
+  leaves.in.assign(inputs * n, nullptr);
+  leaves.out.assign(outputs * n, nullptr);
+  leaves.start.assign(n + 1, 0);
+  std::vector<size_t> sizes(n, 0);
+  for (int a = 0; a < inputs; ++a) {
+    for (int64_t i = 0; i < n; ++i) {
+      auto buffer = args.get<F32>(a * n + i);
+      if (!buffer.has_value()) {
+        return ffi::Error::InvalidArgument(who + "operand " + std::to_string(2 + a * n + i) +
+                                           " is not a float32 buffer");
+      }
+      const size_t size = buffer->element_count();
+      if (a == 0) {
+        sizes[i] = size;
+      } else if (size != sizes[i]) {
+        return ffi::Error::InvalidArgument(who + "the arrays of leaf " + std::to_string(i) +
+                                           " must have one size");
+      }
+      leaves.in[a * n + i] = buffer->typed_data();
+    }
+  }
+  for (size_t a = 0; a < outputs; ++a) {
+    for (int64_t i = 0; i < n; ++i) {
+      auto result = rets.get<F32>(a * n + i);
+      if (!result.has_value() || (*result)->element_count() != sizes[i]) {
+        return ffi::Error::InvalidArgument(who + "result " + std::to_string(a * n + i) +
+                                           " must be a float32 buffer shaped like its leaf");
+      }
+      leaves.out[a * n + i] = (*result)->typed_data();
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) leaves.start[i + 1] = leaves.start[i] + sizes[i];
+  return ffi::Error::Success();
+}
+
+// Runs step(leaf, offset, count) over every element of every leaf, in chunks of
+// kChunk elements of the concatenated leaves (split across the pool by bytes).
+template <typename Step>
+void ParallelLeaves(ffi::ThreadPool& pool, const Leaves& leaves, Step step) {
+  const int64_t* start = leaves.start.data();
+  const int64_t n = leaves.n;
+  Parallel(pool, start[n], [=](int64_t lo, int64_t len) {
+    // The leaf holding element lo: the last i with start[i] <= lo (a non-empty leaf).
+    int64_t i = std::upper_bound(start, start + n + 1, lo) - start - 1;
+    for (; len > 0; ++i) {
+      const int64_t take = std::min(len, start[i + 1] - lo);
+      if (take > 0) step(i, lo - start[i], take);
+      lo += take;
+      len -= take;
+    }
+  });
+}
+
+ffi::Error AdamMulti(ffi::ThreadPool pool, F32 coef, F32 flags, ffi::RemainingArgs args,
+                     ffi::RemainingRets rets) {
+  if (coef.element_count() != 8) {
+    return ffi::Error::InvalidArgument("fnn_adam_multi_f32: coef must have 8 entries");
+  }
+  Leaves leaves;
+  ffi::Error error = DecodeLeaves("fnn_adam_multi_f32", 4, flags.element_count(), args, rets,
+                                  leaves);
+  if (error.failure()) return error;
+  const int64_t n = leaves.n;
+  // Leaf i's coefficients: coef with its decay scaled by flags[i].
+  std::vector<float> coefs(8 * n);
+  const float *c = coef.typed_data(), *f = flags.typed_data();
+  for (int64_t i = 0; i < n; ++i) {
+    std::copy(c, c + 8, coefs.data() + 8 * i);
+    coefs[8 * i + 7] = c[7] * f[i];
+  }
+  const float* const* in = leaves.in.data();
+  float* const* out = leaves.out.data();
+  const float* cs = coefs.data();
+  ParallelLeaves(pool, leaves, [=](int64_t i, int64_t o, int64_t len) {
+    AdamRange(in[i] + o, in[n + i] + o, in[2 * n + i] + o, in[3 * n + i] + o, out[i] + o,
+              out[n + i] + o, out[2 * n + i] + o, len, cs + 8 * i);
+  });
+  return ffi::Error::Success();
+}
+
+// Multi-tensor AdaGrad/RMSProp and Momentum: one moment, `coefs` scalars, `Range` per piece.
+template <void (*Range)(const float*, const float*, const float*, float*, float*, int64_t,
+                        const float*),
+          int64_t coefs>
+ffi::Error OneMomentMulti(ffi::ThreadPool pool, F32 coef, F32 flags, ffi::RemainingArgs args,
+                          ffi::RemainingRets rets) {
+  if (coef.element_count() != static_cast<size_t>(coefs)) {
+    return ffi::Error::InvalidArgument("fnn one-moment multi step: coef must have the "
+                                       "kernel's count of scalars");
+  }
+  Leaves leaves;
+  ffi::Error error = DecodeLeaves("fnn one-moment multi step", 3, flags.element_count(), args,
+                                  rets, leaves);
+  if (error.failure()) return error;
+  const int64_t n = leaves.n;
+  const float* const* in = leaves.in.data();
+  float* const* out = leaves.out.data();
+  const float* c = coef.typed_data();
+  ParallelLeaves(pool, leaves, [=](int64_t i, int64_t o, int64_t len) {
+    Range(in[i] + o, in[n + i] + o, in[2 * n + i] + o, out[i] + o, out[n + i] + o, len, c);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
@@ -194,3 +346,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledF32, (OneMoment<ScaledRange, 5>), FNN_ONE_MOMENT_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumF32, (OneMoment<MomentumRange, 3>),
                               FNN_ONE_MOMENT_BINDING);
+
+
+#define FNN_MULTI_BINDING \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().RemainingArgs().RemainingRets()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamMultiF32, AdamMulti, FNN_MULTI_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledMultiF32, (OneMomentMulti<ScaledRange, 5>),
+                              FNN_MULTI_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumMultiF32, (OneMomentMulti<MomentumRange, 3>),
+                              FNN_MULTI_BINDING);

@@ -51,8 +51,7 @@ def build():
         return jnp.sum(jnp.tanh(p["w"]) ** 2) + jnp.sum(p["v"] ** 2) + jnp.sum((p["b"] - 1) ** 2)
 
     def step(params, opt_state):
-        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-        return opt.apply_updates(params, updates), opt_state
+        return opt.step(tx, jax.grad(loss)(params), opt_state, params)
 
     step = jax.jit(step, in_shardings=(params_sharding, state_sharding),
                    out_shardings=(params_sharding, state_sharding))
@@ -86,7 +85,7 @@ def test_sharded_state_round_trips_with_its_shardings(tmp_path):
     assert params["w"].addressable_shards[0].data.shape == (64, 256)
     assert opt_state.mu["v"].addressable_shards[0].data.shape == (16, 8)
     # w's steps ran the one-pass kernel, on each device's shard
-    assert 'custom_call_target="fnn_adam_f32"' in step.lower(*state).compile().as_text()
+    assert 'custom_call_target="fnn_adam_multi_f32"' in step.lower(*state).compile().as_text()
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "state", state)
         checkpointer.wait_until_finished()

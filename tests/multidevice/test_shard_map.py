@@ -74,25 +74,25 @@ is_weight = lambda params: {"w": True, "b": False, "r": True}
 # name -> (optimizer, the kernel its sharded step must call, or None for the jnp rule)
 CASES = {
     "sgd": (lambda: opt.sgd(0.1), None),
-    "momentum": (lambda: opt.momentum(0.05), "fnn_momentum_f32"),
-    "nesterov": (lambda: opt.momentum(0.05, nesterov=True), "fnn_momentum_f32"),
-    "adagrad": (lambda: opt.adagrad(0.1), "fnn_scaled_f32"),
-    "adagrad_eps_in_sqrt": (lambda: opt.adagrad(0.1, eps_in_sqrt=True), "fnn_scaled_f32"),
-    "rmsprop": (lambda: opt.rmsprop(0.01), "fnn_scaled_f32"),
+    "momentum": (lambda: opt.momentum(0.05), "fnn_momentum_multi_f32"),
+    "nesterov": (lambda: opt.momentum(0.05, nesterov=True), "fnn_momentum_multi_f32"),
+    "adagrad": (lambda: opt.adagrad(0.1), "fnn_scaled_multi_f32"),
+    "adagrad_eps_in_sqrt": (lambda: opt.adagrad(0.1, eps_in_sqrt=True), "fnn_scaled_multi_f32"),
+    "rmsprop": (lambda: opt.rmsprop(0.01), "fnn_scaled_multi_f32"),
     "rmsprop_centered": (lambda: opt.rmsprop(0.01, centered=True), None),
     "rmsprop_momentum": (lambda: opt.rmsprop(0.01, momentum=0.5), None),
-    "adam": (lambda: opt.adam(0.01), "fnn_adam_f32"),
-    "adamw": (lambda: opt.adamw(0.01, weight_decay=0.1, mask=is_weight), "fnn_adam_f32"),
+    "adam": (lambda: opt.adam(0.01), "fnn_adam_multi_f32"),
+    "adamw": (lambda: opt.adamw(0.01, weight_decay=0.1, mask=is_weight), "fnn_adam_multi_f32"),
     # the global norm (≈ 725) is above max_norm, and each device's own block norm (≈ 256)
     # would give another factor: this only matches one device with the norm of the whole tree
     "clip_by_global_norm": (lambda: opt.chain(opt.clip_by_global_norm(100.0), opt.adam(0.01)),
-                            "fnn_adam_f32"),
-    "masked": (lambda: opt.masked(opt.adam(0.01), is_weight), "fnn_adam_f32"),
+                            "fnn_adam_multi_f32"),
+    "masked": (lambda: opt.masked(opt.adam(0.01), is_weight), "fnn_adam_multi_f32"),
     "masked_transform": (lambda: opt.chain(opt.masked(opt.add_decayed_weights(0.1), is_weight),
-                                           opt.momentum(0.05)), "fnn_momentum_f32"),
-    "skip_nonfinite": (lambda: opt.skip_nonfinite(opt.adam(0.01)), "fnn_adam_f32"),
-    "accumulate": (lambda: opt.accumulate(opt.momentum(0.05), every=2), "fnn_momentum_f32"),
-    "switch": (lambda: opt.switch(opt.sgd(0.1), opt.adam(0.01)), "fnn_adam_f32"),
+                                           opt.momentum(0.05)), "fnn_momentum_multi_f32"),
+    "skip_nonfinite": (lambda: opt.skip_nonfinite(opt.adam(0.01)), "fnn_adam_multi_f32"),
+    "accumulate": (lambda: opt.accumulate(opt.momentum(0.05), every=2), "fnn_momentum_multi_f32"),
+    "switch": (lambda: opt.switch(opt.sgd(0.1), opt.adam(0.01)), "fnn_adam_multi_f32"),
 }
 STEPS = 3
 
@@ -114,8 +114,7 @@ def sharded_and_reference(name, init_inside=False, check_vma=True):
     specs = state_specs(state, params)
 
     def step(p, g, s):
-        updates, s = tx.update(g, s, p)
-        return opt.apply_updates(p, updates), s
+        return opt.step(tx, g, s, p)
 
     sharded = jax.jit(jax.shard_map(step, mesh=MESH, in_specs=(PARAM_SPECS, PARAM_SPECS, specs),
                                     out_specs=(PARAM_SPECS, specs), check_vma=check_vma))
@@ -190,8 +189,7 @@ def test_shard_map_step_lowers_for_a_gpu(name):
     specs = state_specs(state, params)
 
     def step(p, g, s):
-        updates, s = tx.update(g, s, p)
-        return opt.apply_updates(p, updates), s
+        return opt.step(tx, g, s, p)
 
     sharded = jax.jit(jax.shard_map(step, mesh=MESH, in_specs=(PARAM_SPECS, PARAM_SPECS, specs),
                                     out_specs=(PARAM_SPECS, specs)))
@@ -243,8 +241,7 @@ def test_packed_params_inside_shard_map():
     s_specs = jax.tree.map(lambda x: P("d") if jnp.ndim(x) == 1 else P(), state)
 
     def step(p, g, s):
-        updates, s = tx.update(g, s, p)
-        return opt.apply_updates(p, updates), s
+        return opt.step(tx, g, s, p)
 
     sharded = jax.jit(jax.shard_map(step, mesh=MESH, in_specs=(specs, specs, s_specs),
                                     out_specs=(specs, s_specs)))

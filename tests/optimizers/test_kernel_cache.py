@@ -44,11 +44,10 @@ with warnings.catch_warnings(record=True) as caught:
 
     @jax.jit
     def step(p, state, g):
-        updates, state = tx.update(g, state, p)
-        return opt.apply_updates(p, updates), state
+        return opt.step(tx, g, state, p)
 
     lowered = step.lower(p, tx.init(p), g1)
-    kernel = "fnn_adam_f32" in lowered.as_text()
+    kernel = "fnn_adam_multi_f32" in lowered.as_text()
     compiled = lowered.compile()
     new, state = compiled(p, tx.init(p), g1)
     new, state = compiled(new, state, g2)
@@ -431,13 +430,12 @@ tx = opt.adam(1e-2)
 p = np.zeros(65536, np.float32)
 
 def step(p, state, g):
-    updates, state = tx.update(g, state, p)
-    return opt.apply_updates(p, updates), state
+    return opt.step(tx, g, state, p)
 
 jax.make_jaxpr(step)(p, tx.init(p), p)  # tracing builds nothing
 for platform in ("cuda", "tpu"):  # nor does lowering for another platform
     text = export.export(jax.jit(step), platforms=[platform])(p, tx.init(p), p).mlir_module()
-    assert "fnn_adam_f32" not in text, platform
+    assert "fnn_adam" not in text, platform
 assert not os.path.exists(os.environ["FNN_CACHE_DIR"]), "built before a CPU lowering"
 warnings.simplefilter("ignore")
 jax.jit(step).lower(p, tx.init(p), p)
