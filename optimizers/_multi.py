@@ -25,9 +25,10 @@ kernels' (the same C++ functions run), so::
 The same fallbacks as the single-leaf steps (``_fused._one_pass``), so a kernel
 changes speed, never semantics:
 
-* off the CPU (``lax.platform_dependent``), under ``vmap`` (``custom_vmap``), for
-  derivatives (``custom_jvp``), when the kernels cannot be built (one warning) or
-  with ``FNN_FUSED=0``: the ``_fused.*_reference`` formulas in ``jnp``, leaf by leaf;
+* off the CPU (the kernel primitive's lowering rule for other platforms), under
+  ``vmap`` (``custom_vmap``), for derivatives (``custom_jvp``), when the kernels
+  cannot be built (one warning) or with ``FNN_FUSED=0``: the ``_fused.*_reference``
+  formulas in ``jnp``, leaf by leaf;
 * sharded leaves under ``jax.jit`` (``custom_partitioning``): every leaf keeps its
   own sharding and each device steps its local shards of all leaves in one call
   (elementwise, nothing is gathered; the coefficients and flags are replicated);
@@ -168,7 +169,7 @@ def _multi_step(target: str, reference: Callable, moments: int, coefs: int,
             out = reference_flat(coef, flags, *(x for g in groups for x in g))
         else:
             # Inside shard_map every output varies over the manual axes that any of its
-            # inputs varies over, and both branches of platform_dependent must say so: the
+            # inputs varies over, and the kernel and reference lowerings must say so: the
             # kernel's results are typed like each leaf's p, so type each leaf's arrays alike.
             shared = _vma.varying_axes(coef) | _vma.varying_axes(flags)
             leaves = [_vma.varying_alike(*(g[i] for g in groups)) for i in range(n)]
