@@ -3,11 +3,11 @@
 Why: XLA:CPU pays ~10 µs per leaf per step for the loops of a per-leaf optimizer
 step, and the single-leaf kernels of :mod:`optimizers._fused` serve only leaves of
 ≥ 65,536 elements, one custom call each. A model of many small leaves (a
-transformer, a ResNet: 100–500 leaves) is stepped here by ONE custom call that
-walks every leaf, any size or shape (scalars and empty leaves included), in
-place, with the work split across XLA's intra-op thread pool by bytes (the
-leaves are cut as one concatenated range, a chunk may span leaf boundaries), not
-by leaf.
+transformer, a ResNet: 100–500 leaves) is stepped here by ONE custom call (one per
+:data:`LEAVES_PER_CALL` leaves) that walks every leaf, any size or shape (scalars
+and empty leaves included), in place, with the work split across XLA's intra-op
+thread pool by bytes (the leaves are cut as one concatenated range, a chunk may
+span leaf boundaries), not by leaf.
 
 Each function takes one coefficient vector for all leaves (the layouts of
 :func:`optimizers._fused.adam_coefficients`, :func:`~optimizers._fused.scaled_coefficients`
@@ -25,9 +25,10 @@ kernels' (the same C++ functions run), so::
 The same fallbacks as the single-leaf steps (``_fused._one_pass``), so a kernel
 changes speed, never semantics:
 
-* off the CPU (``lax.platform_dependent``), under ``vmap`` (``custom_vmap``), for
-  derivatives (``custom_jvp``), when the kernels cannot be built (one warning) or
-  with ``FNN_FUSED=0``: the ``_fused.*_reference`` formulas in ``jnp``, leaf by leaf;
+* off the CPU (the kernel primitive's lowering rule for other platforms), under
+  ``vmap`` (``custom_vmap``), for derivatives (``custom_jvp``), when the kernels
+  cannot be built (one warning) or with ``FNN_FUSED=0``: the ``_fused.*_reference``
+  formulas in ``jnp``, leaf by leaf;
 * sharded leaves under ``jax.jit`` (``custom_partitioning``): every leaf keeps its
   own sharding and each device steps its local shards of all leaves in one call
   (elementwise, nothing is gathered; the coefficients and flags are replicated);
@@ -53,6 +54,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import _fused, _native, _vma
 
 Leaves = Sequence[jax.Array]
+
+# Leaves per kernel call: XLA's copy insertion and buffer assignment cost grows
+# quadratically in a call's aliased operands (measured, 1000 leaves × 1k, Adam, on a loaded
+# 2-core machine: compile 8.9 s as one call, 2.4–2.6 s in calls of 128–256, 5.1 s of 512),
+# while the step time barely depends on it. Longer lists take ⌈n / LEAVES_PER_CALL⌉ calls.
+LEAVES_PER_CALL = 256
 
 
 def _reference_leaves(reference: Callable, decay_column: int | None, moments: int,
@@ -128,10 +135,13 @@ def _multi_step(target: str, reference: Callable, moments: int, coefs: int,
     sharded.def_partition(partition=partition, infer_sharding_from_operands=same_sharding,
                           sharding_rule=_sharding_rule)
 
+    # Off the CPU the primitive lowers as the reference formula (its lowering rule is chosen
+    # per platform, see _native.multi_kernel_call); no lax.platform_dependent here, which
+    # would trace the n-leaf reference at every trace and leave a branch of it for XLA to
+    # compile (measured at 1000 leaves: ~8x the trace and ~80x the compile time).
     @custom_batching.custom_vmap
     def kernel_or_reference(coef, flags, *arrays):
-        return tuple(jax.lax.platform_dependent(coef, flags, *arrays, cpu=sharded,
-                                                default=reference_flat))
+        return tuple(sharded(coef, flags, *arrays))
 
     @kernel_or_reference.def_vmap
     def batched(axis_size, in_batched, coef, flags, *arrays):
@@ -159,7 +169,7 @@ def _multi_step(target: str, reference: Callable, moments: int, coefs: int,
             out = reference_flat(coef, flags, *(x for g in groups for x in g))
         else:
             # Inside shard_map every output varies over the manual axes that any of its
-            # inputs varies over, and both branches of platform_dependent must say so: the
+            # inputs varies over, and the kernel and reference lowerings must say so: the
             # kernel's results are typed like each leaf's p, so type each leaf's arrays alike.
             shared = _vma.varying_axes(coef) | _vma.varying_axes(flags)
             leaves = [_vma.varying_alike(*(g[i] for g in groups)) for i in range(n)]
@@ -168,12 +178,14 @@ def _multi_step(target: str, reference: Callable, moments: int, coefs: int,
             # only make XLA copy empty buffers to satisfy the in-place aliasing).
             live = [i for i in range(n) if leaves[i][1].size]
             live_flags = flags if len(live) == n else jnp.take(flags, jnp.asarray(live, jnp.int32))
-            stepped = differentiable(coef, live_flags, *(
-                leaves[i][a] for a in range(2 + moments) for i in live)) if live else ()
             out = [leaf[1 + k] for k in range(outputs) for leaf in leaves]
-            for k in range(outputs):
-                for j, i in enumerate(live):
-                    out[k * n + i] = stepped[k * len(live) + j]
+            for start in range(0, len(live), LEAVES_PER_CALL):
+                group = live[start:start + LEAVES_PER_CALL]
+                stepped = differentiable(coef, live_flags[start:start + len(group)], *(
+                    leaves[i][a] for a in range(2 + moments) for i in group))
+                for k in range(outputs):
+                    for j, i in enumerate(group):
+                        out[k * n + i] = stepped[k * len(group) + j]
         return tuple(list(out[k * n:(k + 1) * n]) for k in range(outputs))
 
     return step

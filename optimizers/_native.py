@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax._src import core
+from jax._src.interpreters import mlir as mlir_ops  # reshape in a lowering rule
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
@@ -458,9 +460,25 @@ def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callabl
     def cpu(ctx, *operands, leaves):
         if not available():
             return plain(ctx, *operands, leaves=leaves)
+        # Every leaf's arrays as 1-D arrays (reshapes of row-major arrays are bitcasts): a
+        # 1-D array has one layout, so flat element i is one coordinate in g, p and the
+        # moments, and the call needs no layout constraints, with which XLA's layout
+        # assignment copied every aliased operand (compile time grew ~n³ in the leaves).
+        def flat(aval):
+            return aval if aval.ndim == 1 else core.ShapedArray((aval.size,), aval.dtype)
+
+        avals_in = [*ctx.avals_in[:2], *(flat(a) for a in ctx.avals_in[2:])]
+        avals_out = [flat(a) for a in ctx.avals_out]
+        flat_operands = [*operands[:2], *(
+            x if a.ndim == 1 else mlir_ops.reshape(ctx, x, flat(a))
+            for x, a in zip(operands[2:], ctx.avals_in[2:]))]
         # Operands: coef, flags, g_1..g_n, then the params (result 0..n-1) and moments.
         aliases = {2 + leaves + i: i for i in range(outputs * leaves)}
-        return jax.ffi.ffi_lowering(target, operand_output_aliases=aliases)(ctx, *operands)
+        results = jax.ffi.ffi_lowering(target, operand_output_aliases=aliases,
+                                       skip_ffi_layout_processing=True)(
+            ctx.replace(avals_in=avals_in, avals_out=avals_out), *flat_operands)
+        return [r if a.ndim == 1 else mlir_ops.reshape(ctx, r, a)
+                for r, a in zip(results, ctx.avals_out)]
 
     mlir.register_lowering(primitive, plain)
     mlir.register_lowering(primitive, cpu, platform="cpu")

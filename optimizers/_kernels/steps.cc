@@ -43,6 +43,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 #include <algorithm>
 #include <utility>
@@ -143,8 +144,9 @@ void Parallel(ffi::ThreadPool& pool, int64_t n, Body body) {
   if (helpers > job->chunks - 1) helpers = job->chunks - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Run(); });
   job->Run();
-  while (job->done.load(std::memory_order_acquire) < job->chunks) {
-  }
+  // Wait for chunks still running on helpers; yield, so that on an oversubscribed machine
+  // the helper we wait for gets the core instead of this thread spinning its time slice away.
+  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
 }
 
 bool SameSize(size_t n, std::initializer_list<size_t> sizes) {

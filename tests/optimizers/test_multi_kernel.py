@@ -254,3 +254,18 @@ def test_clear_errors_name_the_wrong_leaf():
     with pytest.raises(TypeError, match=r"params must be a list or tuple"):
         _multi.scaled_multi(coef, None, g, {"a": p[0]}, s)
     assert _multi.scaled_multi(coef, None, [], [], []) == ([], [])
+
+
+def test_long_lists_are_split_into_calls_of_bounded_size(monkeypatch):
+    """Beyond LEAVES_PER_CALL non-empty leaves the list takes several calls, same numbers."""
+    grads, params, state = leaves(9, 2)
+    coef = _fused.adam_coefficients(jnp.int32(4), 1e-2, 0.9, 0.999, 1e-8, 0.1)
+    whole = jax.jit(_multi.adam_multi)(coef, FLAGS, grads, params, *state)
+    monkeypatch.setattr(_multi, "LEAVES_PER_CALL", 2)
+    step = jax.jit(lambda *a: _multi.adam_multi(*a))
+    compiled = step.lower(coef, FLAGS, grads, params, *state).compile().as_text()
+    live = sum(1 for s in SHAPES if np.prod(s, dtype=int) > 0)
+    assert custom_calls(compiled, "fnn_adam_multi_f32") == -(-live // 2)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(step(coef, FLAGS, grads, params,
+                                                                   *state))):
+        np.testing.assert_array_equal(a, b)
