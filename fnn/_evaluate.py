@@ -8,6 +8,7 @@ examples: the means are exact for a ragged last batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,32 +43,41 @@ def eval_params(owner: str, state: TrainState, which: Any) -> Any:
     return which
 
 
+def _metrics_of(owner: str, eval_fn: Callable, params, model_state, batch) -> dict:
+    metrics = eval_fn(params, model_state, batch)
+    if not isinstance(metrics, dict):
+        raise TypeError(f"{owner}: eval_fn must return a dict of metrics; got "
+                        f"{type(metrics).__name__}.")
+    return metrics
+
+
+# Module level, with eval_fn static: jax's own cache keeps one program per (eval_fn, batch
+# shape), so a second fit or evaluate with the same eval_fn compiles nothing.
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def _accumulate(owner: str, eval_fn: Callable, totals, params, model_state, batch) -> dict:
+    size = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    metrics = _metrics_of(owner, eval_fn, params, model_state, batch)
+    return {k: totals[k] + jnp.asarray(v).astype(totals[k].dtype) * jnp.float32(size)
+            for k, v in metrics.items()}
+
+
 class Evaluator:
     """``evaluator(params, model_state, data, batch_size) -> dict`` of weighted metric means.
 
-    Holds one jitted accumulation of ``eval_fn`` (compiled once per batch shape
-    and reused across calls, e.g. after every epoch of :func:`fnn.train.fit`).
+    Runs one jitted accumulation of ``eval_fn`` (compiled once per eval_fn and batch
+    shape and reused across calls, e.g. after every epoch and by every later
+    :func:`fnn.train.fit` with the same eval_fn).
     """
 
     def __init__(self, owner: str, eval_fn: Callable, prefetch_size: int = 2):
         check_callable(owner, "eval_fn", eval_fn)
         self.owner, self.eval_fn, self.prefetch_size = owner, eval_fn, prefetch_size
 
-        def metrics_of(params, model_state, batch):
-            metrics = eval_fn(params, model_state, batch)
-            if not isinstance(metrics, dict):
-                raise TypeError(f"{owner}: eval_fn must return a dict of metrics; got "
-                                f"{type(metrics).__name__}.")
-            return metrics
+    def _metrics_of(self, params, model_state, batch):
+        return _metrics_of(self.owner, self.eval_fn, params, model_state, batch)
 
-        def accumulate(totals, params, model_state, batch):
-            size = jax.tree_util.tree_leaves(batch)[0].shape[0]
-            metrics = metrics_of(params, model_state, batch)
-            return {k: totals[k] + jnp.asarray(v).astype(totals[k].dtype) * jnp.float32(size)
-                    for k, v in metrics.items()}
-
-        self._metrics_of = metrics_of
-        self._accumulate = jax.jit(accumulate, donate_argnums=0)
+    def _accumulate(self, totals, params, model_state, batch):
+        return _accumulate(self.owner, self.eval_fn, totals, params, model_state, batch)
 
     def _totals(self, params: Any, model_state: Any, batch: Any) -> dict:
         shapes = jax.eval_shape(self._metrics_of, params, model_state, batch)

@@ -66,11 +66,10 @@ OPTIMIZERS = {
 
 
 def _step(tx, params, grads):
-    """One jitted, donated step, as fnn.train runs it."""
+    """One jitted step through optimizers.step, as fnn.train runs it (the kernels' path)."""
     @jax.jit
     def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return opt.apply_updates(params, updates), state
+        return opt.step(tx, grads, state, params)
 
     return step(params, tx.init(params), grads)
 
@@ -104,8 +103,7 @@ def test_adam_on_a_large_float32_leaf_runs_a_one_pass_kernel():
     params = {"w": jnp.ones(BIG, jnp.float32)}
 
     def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return opt.apply_updates(params, updates), state
+        return opt.step(tx, grads, state, params)
 
     hlo = jax.jit(step).lower(params, tx.init(params), params).compile().as_text()
     assert re.search(r'custom_call_target="[^"]+"', hlo), "no kernel call in the compiled step"

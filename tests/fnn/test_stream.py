@@ -17,7 +17,7 @@ import pytest
 
 import fnn
 import optimizers as opt
-from fnn import callbacks, data, train
+from fnn import _evaluate, callbacks, data, train
 from fnn._evaluate import Evaluator
 
 
@@ -222,10 +222,14 @@ def test_evaluate_batched_equals_one_call_and_numpy():
     for result in (whole, batched, listed):
         for k in reference:
             np.testing.assert_allclose(result[k], reference[k], rtol=1e-14, err_msg=k)
+    # one compilation per (eval_fn, batch shape), kept across evaluators and fit calls
+    compiled = _evaluate._accumulate._cache_size()
     evaluator = Evaluator("evaluate", eval_fn)
     evaluator({"w": w}, {}, (x, y), 7)
     evaluator({"w": w}, {}, (x, y), 7)
-    assert evaluator._accumulate._cache_size() == 2, "one compilation per batch shape (7 and 2)"
+    assert _evaluate._accumulate._cache_size() == compiled, "shapes 7 and 2 were compiled above"
+    evaluator({"w": w}, {}, (x, y), 5)
+    assert _evaluate._accumulate._cache_size() == compiled + 1, "one more shape: 5"
 
 
 # ------------------------------------------------------------------ callbacks and EMA

@@ -6,6 +6,7 @@ drawn from the step's key for the whole batch: the same bits however the batch
 is split), so a sharded run must reproduce both.
 """
 
+import math
 import os
 import re
 import subprocess
@@ -165,6 +166,17 @@ def custom_calls(hlo):
     return calls
 
 
+def assert_kernels_step_local_shards(hlo, params, moments):
+    """The compiled program steps every float32 param (and its moments) with multi-tensor
+    kernel calls whose operands are the local shards, flattened: the results' sizes are
+    exactly the params' shard sizes, each 1 + moments times (no whole array anywhere)."""
+    calls = custom_calls(hlo)
+    assert calls and all(t.endswith("_multi_f32") for t, _ in calls), calls
+    sizes = sorted(int(n) for _, s in calls for n in re.findall(r"f32\[(\d+)\]", s))
+    local = [math.prod(x.sharding.shard_shape(x.shape)) for x in jax.tree_util.tree_leaves(params)]
+    assert sizes == sorted(local * (1 + moments)), (sizes, local)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name, tx", [("adam", opt.adam(1e-3)), ("momentum", opt.momentum(0.01)),
                                       ("adagrad", opt.adagrad(0.01))])
@@ -179,20 +191,14 @@ def test_kernels_step_each_shard_without_gathering(name, tx, packed):
     placement = sharding.state_shardings(state, sharding.auto_mesh("test", mesh, "data"), "fsdp")
 
     def update(grads, opt_state, params):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return opt.apply_updates(params, updates), opt_state
+        return opt.step(tx, grads, opt_state, params)
 
     program = jax.jit(update, in_shardings=(placement.params, placement.opt_state,
                                             placement.params),
                       out_shardings=(placement.params, placement.opt_state),
                       donate_argnums=(1, 2))
     hlo = program.lower(state.params, state.opt_state, state.params).compile().as_text()
-    calls = custom_calls(hlo)
-    big = [x for x in jax.tree_util.tree_leaves(state.params) if x.size >= _fused.MIN_SIZE]
-    assert big and len(calls) == len(big), (calls, [x.shape for x in big])
-    shard_shapes = {x.sharding.shard_shape(x.shape) for x in big}
-    for target, shapes in calls:
-        assert any(",".join(map(str, s)) in shapes for s in shard_shapes), (target, shapes)
+    assert_kernels_step_local_shards(hlo, state.params, moments=2 if name == "adam" else 1)
     found = [c for c in COLLECTIVES if f" {c}(" in hlo or f" {c}-start(" in hlo]
     assert not found, f"the sharded optimizer update communicates: {found}"
 
@@ -212,8 +218,7 @@ def test_float32_fsdp_with_kernels_equals_one_device():
         loss_fn, tx, mesh=mesh)
     x, y = classification_data(64, 256, dtype=np.float32)
     hlo = step.lower(state, (x, y), jax.random.key(0)).compile().as_text()
-    calls = custom_calls(hlo)
-    assert len(calls) == 2 and all("64,256" in s or "256,64" in s for _, s in calls), calls
+    assert_kernels_step_local_shards(hlo, state.params, moments=2)
     for i in range(20):
         reference, _ = one_device(reference, (x, y), jax.random.key(i))
         state, _ = step(state, (x, y), jax.random.key(i))
