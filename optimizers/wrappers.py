@@ -334,29 +334,40 @@ def switch(*transforms: Optimizer) -> Optimizer:
         return updates, SwitchState(state.index, states)
 
     def switch_step(grads, state, params, **extra):
-        # lax.switch over the optimizers' own steps: only the chosen one writes the params
+        # One lax.cond per optimizer, each stepping (params, its own state) or passing them
+        # through: operand and result are the same buffers in the same order, so XLA steps
+        # them in place in the branch that runs. One lax.switch over all the states instead
+        # makes XLA copy every full-size buffer a branch passes through (measured: 9 copies
+        # of an 8M leaf for switch(sgd, adam), 5x the time of adam's step).
         if not isinstance(state, SwitchState) or len(state.states) != len(transforms):
             raise TypeError(f"switch.step: state must be the SwitchState of {len(transforms)} "
                             "optimizers returned by switch(...).init(params).")
         index = _check_index(state.index, len(transforms))
+        def out_of_range(params):  # NaN params, as p + NaN updates would give
+            return jax.tree_util.tree_map(lambda p: p + jnp.asarray(jnp.nan, p.dtype), params)
 
-        def branch(i):  # params and states in as the operand, out in the same order
-            def run(carry):
-                params, states = carry
-                new_params, new = step(transforms[i], grads, states[i], params, **extra)
-                return new_params, states[:i] + (new,) + states[i + 1:]
-            return run
+        def keep_params(params):
+            return params
 
-        def out_of_range(carry):  # NaN params, as p + NaN updates would give
-            return jax.tree_util.tree_map(lambda p: jnp.full_like(p, jnp.nan), carry[0]), carry[1]
+        # the pass-through as the false branch (branch 0): XLA copied the params twice when
+        # it was the true one
+        invalid = (index < 0) | (index >= len(transforms))
+        keep_params, out_of_range = _vma.join_branches([keep_params, out_of_range], params,
+                                                       (grads, state, params))
+        params = jax.lax.cond(invalid, out_of_range, keep_params, params)
+        states = list(state.states)
+        for i, tx in enumerate(transforms):
+            def run(carry, tx=tx):
+                return step(tx, grads, carry[1], carry[0], **extra)
 
-        valid = (index >= 0) & (index < len(transforms))
-        carry = (params, state.states)
-        branches = _vma.join_branches([branch(i) for i in range(len(transforms))]
-                                      + [out_of_range], carry, (grads, state, params))
-        new_params, states = jax.lax.switch(jnp.where(valid, index, len(transforms)), branches,
-                                            carry)
-        return new_params, SwitchState(state.index, states)
+            def keep(carry):
+                return carry
+
+            carry = (params, states[i])
+            keep, run = _vma.join_branches([keep, run], carry, (grads, state, params))
+            params, states[i] = jax.lax.cond(index == i, run, keep, carry)
+
+        return params, SwitchState(state.index, tuple(states))
 
     return Optimizer(init, update, switch_step)
 
