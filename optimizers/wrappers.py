@@ -261,25 +261,29 @@ def accumulate(tx: Optimizer, every: int) -> Optimizer:
         check_same_structure("accumulate.step", "grads", grads, "the optimizer state",
                              state.grad_sum)
         mini_step = state.mini_step + 1
-
-        def summed(grad_sum):  # inside each branch, so that the sum is never passed through
-            return jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), grad_sum, grads)
-
+        # The cond steps (params, state) with the mean and restarts the count, or passes
+        # them through as its false branch (branch 0): the shape of cond for which XLA steps
+        # the buffers in place. The sum is updated after it, in one fused pass (zero when
+        # the count restarted, else sum + g): reading the cond's count makes it wait for
+        # the cond, which reads the old sum. A sum made inside the cond, or updated before
+        # it (XLA then keeps a copy of the old sum), cost full-size copies.
         def apply(carry):
-            new_params, inner, grad_sum = carry
-            mean = jax.tree_util.tree_map(lambda s, g: (s / every).astype(g.dtype),
-                                          summed(grad_sum), grads)
+            new_params, inner, _ = carry
+            mean = jax.tree_util.tree_map(lambda s, g: ((s + g.astype(s.dtype)) / every)
+                                          .astype(g.dtype), state.grad_sum, grads)
             new_params, inner = step(tx, mean, inner, new_params, **extra)
-            return new_params, inner, jax.tree_util.tree_map(jnp.zeros_like, grad_sum)
+            return new_params, inner, jnp.zeros((), jnp.int32)
 
         def wait(carry):
-            return carry[0], carry[1], summed(carry[2])
+            return carry
 
-        due = mini_step >= every
-        carry = (params, state.inner, state.grad_sum)
+        carry = (params, state.inner, mini_step)
         wait, apply = _vma.join_branches([wait, apply], carry, (grads, state, params))
-        new_params, inner, grad_sum = jax.lax.cond(due, apply, wait, carry)
-        return new_params, AccumulateState(inner, grad_sum, jnp.where(due, 0, mini_step))
+        new_params, inner, mini_step = jax.lax.cond(mini_step >= every, apply, wait, carry)
+        grad_sum = jax.tree_util.tree_map(
+            lambda s, g: jnp.where(mini_step == 0, jnp.zeros((), s.dtype), s + g.astype(s.dtype)),
+            state.grad_sum, grads)
+        return new_params, AccumulateState(inner, grad_sum, mini_step)
 
     return Optimizer(init, update, accumulate_step)
 
