@@ -19,7 +19,7 @@ import numpy as np
 import optimizers as opt
 
 from ._step import TrainState, check_callable, check_state
-from ._stream import Prefetcher, is_stream
+from ._stream import Prefetcher, check_batch, is_stream
 from .data import _check_finite, _check_int, _num_examples
 
 
@@ -181,9 +181,5 @@ def batch_checker(owner: str, name: str, fn: Any, params: Any,
     check_data = getattr(fn, "check_data", None)
 
     def check(i: int, batch: Any) -> None:
-        where = f"{name} (batch {i})"
-        _num_examples(owner, batch, where)
-        _check_finite(owner, where, batch)
-        if check_data is not None:
-            check_data(owner, where, batch, params, model_state)
+        check_batch(owner, f"{name} (batch {i})", batch, check_data, params, model_state)
     return check

@@ -407,9 +407,16 @@ def batch_check(owner: str, name: str, fn: Any, state: Any) -> Callable[[int, in
     model_state = shapes[1]
 
     def check(epoch: int, i: int, batch: Any) -> None:
-        where = f"{name} (epoch {epoch}, batch {i})"
-        _num_examples(owner, batch, where)
-        _check_finite(owner, where, batch)
-        if check_data is not None:
-            check_data(owner, where, batch, params, model_state)
+        check_batch(owner, f"{name} (epoch {epoch}, batch {i})", batch, check_data, params,
+                    model_state)
     return check
+
+
+def check_batch(owner: str, where: str, batch: Any, check_data: Callable | None, params: Any,
+                model_state: Any) -> None:
+    """One drawn batch's checks (training or evaluation): it has examples, its values are
+    finite, and ``check_data`` (the loss's own check, e.g. labels in range) accepts it."""
+    _num_examples(owner, batch, where)
+    _check_finite(owner, where, batch)
+    if check_data is not None:
+        check_data(owner, where, batch, params, model_state)
