@@ -87,3 +87,27 @@ def compile_rows(leaf_counts: Sequence[int], contenders: Mapping[str, JaxContend
             row.noise = max(row.noise, spread(totals))
         rows.append(row)
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python benchmarks/compile_time.py [--leaves 1000,5000] [--repeats 1]``: fnn step,
+    fnn update (+ ``p + u``) and optax, each stage's median seconds per leaf count."""
+    import argparse
+
+    from contenders import JAX_CONTENDERS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leaves", default="1000,5000", help="comma-separated leaf counts")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args(argv)
+    names = ("fnn step", "fnn p+u", "optax")
+    rows = compile_rows([int(n) for n in args.leaves.split(",")],
+                        {n: JAX_CONTENDERS[n] for n in names}, args.repeats)
+    for row in rows:
+        for name in names:
+            print(f"{row.case:>18}  {name:9}: {row.values[name]:7.2f} s  "
+                  f"(trace + lower + compile: {row.notes[name]})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

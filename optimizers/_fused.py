@@ -1,4 +1,4 @@
-"""One-pass optimizer kernels for large float32 leaves on the CPU, and how updates find them.
+"""One-pass optimizer kernels for float32 leaves on the CPU: coefficients, formulas, steps.
 
 Why: XLA:CPU has no multi-output loop fusion, so a jitted optimizer step becomes
 one loop per output (the param and each moment), each re-reading the gradient:
@@ -8,16 +8,13 @@ the steps of Adam/AdamW, AdaGrad/RMSProp and Momentum are small C++ kernels
 (``_kernels/steps.cc``) registered with JAX's own extension mechanism,
 ``jax.ffi``, that update the param and moments in place.
 
-How they are used: the optimizers pass ``fused=(coefficients, step)`` to
-``from_rule``, which calls ``step`` for every float32 leaf of at least
-:data:`MIN_SIZE` elements (a packed buffer is one such leaf). Off the CPU
-(``lax.platform_dependent``), under ``vmap`` and for derivatives, the same
-formula runs as ordinary ``jnp`` code (the ``*_reference`` functions), so a
-kernel changes speed, not semantics.
-``update`` returns ``p_new - p`` as the update (exact when the step is small
-next to p, Sterbenz) and remembers the pair; :func:`optimizers.apply_updates`
-given that update and that param returns ``p_new`` itself, so inside one jit
-the subtraction and the re-add are dead code and the step is one pass.
+This module holds what every kernel shares: the float32 coefficient vectors
+(``*_coefficients``), the jnp formulas that define the kernels and stand in for
+them off the CPU, under ``vmap`` and for derivatives (``*_reference``), and the
+single-leaf steps (``adam_step``, ``scaled_step``, ``momentum_step``), the
+reference the multi-tensor steps of :mod:`optimizers._multi` are tested against.
+The optimizers pass ``fused=(coefficients, multi_step)`` to ``from_rule``; only
+``optimizers.step`` runs a kernel, ``update`` always returns the rule's update.
 
 Sharded params: under ``jax.jit`` with sharded arrays, the kernel call is wrapped in
 ``custom_partitioning`` (elementwise: each device steps its own shard, nothing is
@@ -41,7 +38,6 @@ after one warning; ``FNN_FUSED=0`` runs the plain rule and builds nothing.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import jax
@@ -212,24 +208,3 @@ scaled_step = _one_pass("fnn_scaled_f32", scaled_reference, 1)
 scaled_step.__doc__ = "One AdaGrad/RMSProp step of a float32 leaf: (p, s) new."
 momentum_step = _one_pass("fnn_momentum_f32", momentum_reference, 1)
 momentum_step.__doc__ = "One Momentum step of a float32 leaf: (p, u) new."
-
-
-# --------------------------------------------------------------------------- apply
-
-
-_stepped: dict[int, tuple[weakref.ref, weakref.ref, Any]] = {}
-
-
-def remember(update: Any, param: Any, new_param: Any) -> None:
-    """Records that ``param + update`` is ``new_param`` (already computed by the kernel)."""
-    key = id(update)
-    _stepped[key] = (weakref.ref(update), weakref.ref(param), new_param)
-    weakref.finalize(update, _stepped.pop, key, None)
-
-
-def recall(param: Any, update: Any) -> Any:
-    """``new_param`` if ``update`` came from a fused step of exactly this ``param``, else None."""
-    entry = _stepped.get(id(update))
-    if entry is None or entry[0]() is not update or entry[1]() is not param:
-        return None
-    return entry[2]

@@ -66,5 +66,5 @@ def adagrad(
         moment_dtype=moment_dtype,
         fused=(lambda count, learning_rate, eps, initial_accumulator:
                _fused.scaled_coefficients(1.0, 1.0, learning_rate, eps, eps_in_sqrt),
-               _fused.scaled_step, _multi.scaled_multi),
+               _multi.scaled_multi),
     )

@@ -98,7 +98,7 @@ def adam(
         {"learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
         moments=("mu", "nu"), moment_dtype=moment_dtype,
         fused=(functools.partial(_fused.adam_coefficients, bias_correction=bias_correction),
-               _fused.adam_step, _multi.adam_multi),
+               _multi.adam_multi),
     )
 
 
@@ -143,5 +143,5 @@ def adamw(
         moments=("mu", "nu"), moment_dtype=moment_dtype,
         needs_params=True, mask=mask, masked=("weight_decay",),
         fused=(functools.partial(_fused.adam_coefficients, bias_correction=bias_correction),
-               _fused.adam_step, _multi.adam_multi),
+               _multi.adam_multi),
     )

@@ -93,6 +93,6 @@ def rmsprop(
     fused = None if len(moments) > 1 else (
         lambda count, learning_rate, decay, eps:
         _fused.scaled_coefficients(decay, 1 - decay, learning_rate, eps, eps_in_sqrt),
-        _fused.scaled_step, _multi.scaled_multi)
+        _multi.scaled_multi)
     return from_rule("rmsprop", rule, RmspropState, hyperparams,
                      moments=moments, moment_dtype=moment_dtype, fused=fused)

@@ -82,5 +82,5 @@ def momentum(
         moments=("velocity",), moment_dtype=moment_dtype,
         fused=(lambda count, learning_rate, momentum:
                _fused.momentum_coefficients(momentum, learning_rate, nesterov),
-               _fused.momentum_step, _multi.momentum_multi),
+               _multi.momentum_multi),
     )
