@@ -55,8 +55,57 @@ def check_callable(owner: str, name: str, fn: Any) -> None:
         raise TypeError(f"{owner}: {name} must be a function; got {type(fn).__name__} {fn!r}.")
 
 
+PACK_MIN_LEAVES = 100
+"""``init_train_state(packed=None)`` packs trees of at least this many leaves (see
+:func:`packing_pays` for the measurement behind it)."""
+
+
+def packing_pays(params: Any, tx: opt.Optimizer) -> bool:
+    """Whether ``init_train_state(packed=None)`` packs ``params`` (off a mesh).
+
+    Rule: pack when the tree has at least :data:`PACK_MIN_LEAVES` leaves and
+    ``tx`` accepts packed params; otherwise keep the tree as it is. A train step
+    pays XLA:CPU's per-leaf overhead once per leaf in the optimizer, while
+    packing costs a slice per leaf in the forward pass and a write of each
+    gradient into the flat buffer, which is about the same per leaf but
+    proportional to the bytes: packing wins for many leaves and loses a little
+    for a few large ones. Measured (``benchmarks/train_step_models.py``, Adam,
+    batch 64, fnn packed / fnn unpacked, 2-core CPU): 784-512-512-10 MLP (6
+    leaves) 1.65x slower packed; a 12-block residual MLP with LayerNorm (150
+    leaves) packed vs unpacked within the noise of a loaded machine (see the
+    README's Benchmarks section); the optimizer alone at 1000 leaves x 1k is
+    ~20x faster packed (``benchmarks/run_all.py --only adam --case 1000x1k``).
+
+    ``tx`` "accepts" packed params if ``tx.init`` and ``optimizers.step`` trace
+    on them (abstractly, nothing is computed): optimizers that need one leaf per
+    buffer (LAMB, LARS, ``scale_by_trust_ratio``) or masks / partitions that cut
+    through a buffer raise there, and the tree is then kept unpacked, so the
+    automatic choice never fails where ``packed=False`` works. A hand-written
+    rule whose result depends on a leaf's shape (rather than raising on a
+    :class:`optimizers.Packed`) is not detected: pass ``packed=False`` for it.
+
+    Example:
+        >>> fnn.train.packing_pays({"w": jnp.ones((784, 512)), "b": jnp.zeros(512)},
+        ...                        optimizers.adam(1e-3))
+        False
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+    if len(leaves) < PACK_MIN_LEAVES:
+        return False
+    try:
+        packed = jax.eval_shape(opt.pack, params)
+
+        def one_step(p):
+            return opt.step(tx, p, tx.init(p), p)
+
+        jax.eval_shape(one_step, packed)
+    except Exception:  # noqa: BLE001 - any refusal of packed params means: do not pack
+        return False
+    return True
+
+
 def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
-                     packed: bool = False, mesh: Any = None, sharding: Any = "replicated",
+                     packed: bool | None = None, mesh: Any = None, sharding: Any = "replicated",
                      batch_axis: str = "data") -> TrainState:
     """The state before the first step: ``tx.init`` of the params, step 0.
 
@@ -76,6 +125,10 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
         (:func:`optimizers.pack`): the optimizer step then costs a few kernels
         however many leaves the model has. Results are unchanged. With a mesh
         the buffers are padded to a multiple of the batch axis's size.
+        ``None`` (default) decides: off a mesh it packs when
+        :func:`packing_pays` (≥ :data:`PACK_MIN_LEAVES` leaves and ``tx``
+        accepts packed params, else unpacked; never an error ``packed=False``
+        would not raise); on a mesh it does not pack (not measured there).
       mesh: optional ``jax.sharding.Mesh`` to place the state on.
       sharding: with a mesh: ``"replicated"`` (default), ``"fsdp"``, a function
         ``(path, shape) -> PartitionSpec`` or a pytree of ``PartitionSpec`` for
@@ -89,8 +142,9 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
         ...                                    mesh=mesh, sharding="fsdp")
     """
     opt._base.check_optimizer("init_train_state", "tx", tx)
-    if not isinstance(packed, bool):
-        raise TypeError(f"init_train_state: packed must be True or False; got {packed!r}.")
+    if packed is not None and not isinstance(packed, bool):
+        raise TypeError(f"init_train_state: packed must be None (decide), True or False; "
+                        f"got {packed!r}.")
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
@@ -104,12 +158,14 @@ def init_train_state(params: Any, model_state: Any, tx: opt.Optimizer, *,
                              "mesh= too (e.g. jax.make_mesh((jax.device_count(),), ('data',))).")
         # the state owns its buffers: steps donate them, which must not delete the caller's arrays
         params, model_state = jax.tree_util.tree_map(jnp.array, (params, model_state))
+        if packed is None:
+            packed = packing_pays(params, tx)
         if packed:
             params = opt.pack(params)
         return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32))
     mesh = _sharding.auto_mesh("init_train_state", mesh, batch_axis)
     _sharding.check_rule("init_train_state", sharding)
-    if packed:
+    if packed:  # None: not on a mesh (see packing_pays)
         params = opt.pack(params, multiple_of=mesh.shape[batch_axis])
     abstract = TrainState(params, model_state, jax.eval_shape(tx.init, params),
                           jax.ShapeDtypeStruct((), jnp.int32))

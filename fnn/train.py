@@ -45,6 +45,7 @@ from ._classifier import classifier
 from ._evaluate import evaluate
 from ._mesh_step import jit_epoch
 from ._step import (
+    PACK_MIN_LEAVES,
     LossFn,
     TrainState,
     check_callable,
@@ -53,6 +54,7 @@ from ._step import (
     init_train_state,
     make_epoch,
     make_train_step,
+    packing_pays,
     train_step_fn,
 )
 from ._stream import prefetch
@@ -60,7 +62,8 @@ from .data import _check_finite, _check_int, _check_key, _num_examples
 
 __all__ = [
     "LossFn", "NonFiniteLossError", "TrainState", "classifier", "evaluate", "fit",
-    "init_train_state", "jit_epoch", "make_epoch", "make_train_step", "prefetch", "run_epochs",
+    "PACK_MIN_LEAVES", "init_train_state", "jit_epoch", "packing_pays", "make_epoch",
+    "make_train_step", "prefetch", "run_epochs",
     "steps_per_second", "train_step_fn",
 ]
 

@@ -138,7 +138,7 @@ CASES = {
         r"params\['w'\] has dtype int32"),
     "init_train_state packed str": (
         lambda: train.init_train_state({"w": jnp.zeros(2)}, {}, TX, packed="yes"), TypeError,
-        "packed must be True or False"),
+        "packed must be None"),
     "classifier l2 < 0": (lambda: train.classifier(MODEL, l2=-1.0), ValueError,
                           "l2 must be a finite number >= 0"),
     "classifier model not a layer": (lambda: train.classifier("mlp"), TypeError,

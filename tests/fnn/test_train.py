@@ -400,3 +400,67 @@ def test_fit_uses_the_optimizer_it_is_given():
     residual = x @ np.zeros((5, 3)) - y
     grad_w = 2 * x.T @ residual / residual.size
     np.testing.assert_allclose(np.asarray(state.params["w"]), -0.5 * grad_w, rtol=1e-10)
+
+
+def _many_leaf_params(n=120):
+    rng = np.random.default_rng(0)
+    return {f"w{i:03d}": jnp.asarray(rng.standard_normal(3), jnp.float32) for i in range(n)}
+
+
+def _sum_loss(params, model_state, batch, key):
+    loss = sum(jnp.sum((p - batch) ** 2) for p in jax.tree_util.tree_leaves(params))
+    return loss, (model_state, {})
+
+
+def test_packed_none_packs_many_leaves_only_and_matches_unpacked():
+    tx = opt.adam(0.1)
+    many = _many_leaf_params()
+    auto = train.init_train_state(many, {}, tx)
+    plain = train.init_train_state(many, {}, tx, packed=False)
+    assert isinstance(auto.params, opt.Packed) and not isinstance(plain.params, opt.Packed)
+    few = train.init_train_state({"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}, {}, tx)
+    assert not isinstance(few.params, opt.Packed)
+    step = train.make_train_step(_sum_loss, tx)
+    for _ in range(3):
+        auto, _ = step(auto, jnp.float32(0.5), jax.random.key(0))
+        plain, _ = step(plain, jnp.float32(0.5), jax.random.key(0))
+    # reference: per-leaf Adam in float64 NumPy, 3 steps of grad 2 (p - 0.5)
+    for k, p0 in many.items():
+        p, m, v = np.asarray(p0, np.float64), 0.0, 0.0
+        for t in range(1, 4):
+            g = 2 * (p - 0.5)
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            p = p - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        np.testing.assert_allclose(auto.unpacked_params()[k], p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(plain.params[k], p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw",
+                                  "lion", "lamb", "masked_adamw"])
+def test_packed_none_works_with_every_optimizer(name):
+    many = _many_leaf_params()
+    tx = {"sgd": lambda: opt.sgd(0.1), "momentum": lambda: opt.momentum(0.1),
+          "adagrad": lambda: opt.adagrad(0.1), "rmsprop": lambda: opt.rmsprop(0.1),
+          "adam": lambda: opt.adam(0.1), "adamw": lambda: opt.adamw(0.1),
+          "lion": lambda: opt.lion(0.1), "lamb": lambda: opt.lamb(0.1),
+          # a mask that cuts through the one buffer: packing is refused, so auto keeps the tree
+          "masked_adamw": lambda: opt.adamw(0.1, mask=lambda p: {k: k < "w060" for k in p}),
+          }[name]()
+    state = train.init_train_state(many, {}, tx)
+    packable = name not in ("lamb", "masked_adamw")
+    assert isinstance(state.params, opt.Packed) == packable
+    state, metrics = train.make_train_step(_sum_loss, tx)(state, jnp.float32(0.5),
+                                                          jax.random.key(0))
+    assert np.isfinite(metrics["loss"])
+    assert state.unpacked_params()["w000"].shape == (3,)
+
+
+def test_packed_none_with_a_mesh_keeps_the_tree():
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    state = train.init_train_state(_many_leaf_params(), {}, opt.adam(0.1), mesh=mesh)
+    assert not isinstance(state.params, opt.Packed)
+
+
+def test_packed_must_be_none_or_bool():
+    with pytest.raises(TypeError, match="packed must be None"):
+        train.init_train_state({"w": jnp.ones(2)}, {}, opt.adam(0.1), packed="yes")
