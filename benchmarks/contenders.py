@@ -64,6 +64,7 @@ class JaxContender:
     apply_updates: Callable[[Any, Any], Any]
     packed: bool = False
     own_step: bool = False  # step with optimizers.step (the write owned by the optimizer)
+    noop: bool = False  # return params and state unchanged: the cost of the call alone
 
     def prepare(self, tree: Any) -> Any:
         """The params (or gradients) as this contender's step takes them."""
@@ -77,6 +78,8 @@ class JaxContender:
         """A fresh ``step(params, state, grads) -> (params, state)`` and its tx."""
         tx = self.make(name)
         apply_updates = self.apply_updates
+        if self.noop:
+            return (lambda params, state, grads: (params, state)), tx
         if self.own_step:
             return (lambda params, state, grads: opt.step(tx, grads, state, params)), tx
 
@@ -161,6 +164,12 @@ JAX_CONTENDERS: dict[str, JaxContender] = {
     "fnn p+u": JaxContender(lambda name: FNN[name](), optax.apply_updates),
     "fnn packed": JaxContender(lambda name: FNN[name](), opt.apply_updates, packed=True,
                                own_step=True),
+    # the same step under skip_nonfinite (its finiteness test is one more read of the grads)
+    "fnn skip": JaxContender(lambda name: opt.skip_nonfinite(FNN[name]()), opt.apply_updates,
+                             own_step=True),
+    # a jitted, donated step that returns params and optax's state unchanged: what passing
+    # the buffers in and out costs, the floor of every plain-tree contender
+    "no-op": JaxContender(lambda name: OPTAX[name](), optax.apply_updates, noop=True),
 }
 
 TORCH_CONTENDERS: dict[str, TorchContender] = (
@@ -185,6 +194,8 @@ def check_numerics(names: Sequence[str], contenders: dict[str, JaxContender],
     for name in names:
         results = {}
         for cname, c in contenders.items():
+            if c.noop:
+                continue
             step, tx = c.step_fn(name)
             params = c.prepare([jax.numpy.array(x) for x in leaves])
             g = c.prepare([jax.numpy.array(x) for x in grads])

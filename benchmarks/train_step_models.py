@@ -20,8 +20,8 @@ Models (``--models`` picks a subset):
   MLP 128, LayerNorm before each MLP), 150 leaves (0.23M params);
 * ``resmlp``: 12 blocks of two pre-LayerNorm residual MLPs (width 128, hidden 64
   and 256), 150 leaves (1.2M params), batch 64 x 192 features;
-* ``stack``: 250 residual blocks ``x + relu(Dense(LayerNorm(x)))`` of width 32,
-  1004 leaves (0.28M params).
+* ``stack``: 75 residual blocks ``x + relu(Dense(LayerNorm(x)))`` of width 32,
+  304 leaves (0.08M params).
 
     python benchmarks/train_step_models.py --repeats 7
 """
@@ -90,7 +90,7 @@ def mixer_model(blocks: int = 12, tokens: int = 16, channels: int = 64):
     return layer, (BATCH, tokens, 48)
 
 
-def stack_model(blocks: int = 250, width: int = 32):
+def stack_model(blocks: int = 75, width: int = 32):
     body = [fnn.residual(fnn.LayerNorm(), fnn.Dense(width), fnn.Relu()) for _ in range(blocks)]
     layer = fnn.serial(*body, fnn.Dense(10))
     return layer, (BATCH, width)
