@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _vma
+from . import _sums, _vma
 from ._base import Optimizer
 from ._rule import from_rule
 
@@ -35,8 +35,9 @@ def global_norm(tree: Any) -> jax.Array:
     if not leaves:
         return jnp.zeros((), jnp.float32)
     dtype = jnp.result_type(*[jnp.promote_types(jnp.result_type(x), jnp.float32) for x in leaves])
-    return jnp.sqrt(sum(_vma.psum_varying(jnp.sum(jnp.square(jnp.asarray(x, dtype))))
-                        for x in leaves))
+    # few reductions, however many leaves: small ones are concatenated first (_sums)
+    squares = _sums.partial_sums(leaves, lambda x: jnp.square(x.astype(dtype)), dtype)
+    return jnp.sqrt(sum(_vma.psum_varying(s) for s in squares))
 
 
 def clip_by_global_norm(max_norm: Any) -> Optimizer:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _mask, _vma
+from . import _mask, _sums, _vma
 from ._base import (
     Optimizer,
     apply_updates,
@@ -141,9 +141,10 @@ def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         return jnp.array(True)
-    # x · 0 is 0 for finite x and NaN for NaN and ±inf: one fused reduction per leaf reads
-    # the gradient once (all(isfinite(x)) first writes a boolean array)
-    return jnp.isfinite(sum(jnp.sum(jnp.asarray(x) * 0, dtype=jnp.float32) for x in leaves))
+    # x · 0 is 0 for finite x and NaN for NaN and ±inf: a fused reduction reads the
+    # gradient once (all(isfinite(x)) first writes a boolean array, and runs 2x slower);
+    # small leaves are concatenated first, so there are few reductions (_sums)
+    return jnp.isfinite(sum(_sums.partial_sums(leaves, lambda x: x * 0, jnp.float32)))
 
 
 def skip_nonfinite(tx: Optimizer) -> Optimizer:
