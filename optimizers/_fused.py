@@ -38,10 +38,12 @@ after one warning; ``FNN_FUSED=0`` runs the plain rule and builds nothing.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import custom_batching
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
@@ -49,21 +51,25 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import _native, _vma
 from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; tests ask available()
 
+_FLOAT32 = np.dtype(np.float32)
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
 
 
 def eligible(g: Any, p: Any, *moments: Any, min_size: int = MIN_SIZE) -> bool:
-    """A leaf the kernels take: float32 gradient, param and moments, ≥ ``min_size`` elements
-    (the multi-tensor kernels of :mod:`optimizers._multi` take any size: ``min_size=0``).
+    """A leaf the kernels take: float32 gradient, param and moments of one shape, ≥
+    ``min_size`` elements (the multi-tensor kernels of :mod:`optimizers._multi` take any
+    size: ``min_size=0``).
 
-    Decided at trace time without building anything (the kernels are built when a CPU
-    program is lowered); False for every leaf when ``FNN_FUSED=0``.
+    Decided at trace time from the arrays' dtype and shape attributes alone (no jnp call:
+    it runs for every leaf of every step's trace), without building anything (the kernels
+    are built when a CPU program is lowered); False for every leaf when ``FNN_FUSED=0``.
     """
-    arrays = (g, p, *moments)
-    return (p is not None
-            and all(jnp.result_type(x) == jnp.float32 for x in arrays)
-            and all(jnp.shape(x) == jnp.shape(p) for x in arrays)
-            and jnp.size(p) >= min_size
+    if p is None:
+        return False
+    shape = getattr(p, "shape", None)
+    return (all(getattr(x, "dtype", None) == _FLOAT32 and getattr(x, "shape", None) == shape
+                for x in (g, p, *moments))
+            and math.prod(shape) >= min_size
             and _native.enabled())
 
 

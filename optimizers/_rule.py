@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native, _scheduled
+from . import _fused, _scheduled
 from ._base import (
     Optimizer,
     Params,
@@ -326,24 +326,14 @@ def _map_leaves(spec: _Spec, run: _Run, write: bool) -> tuple[list, list[list]]:
     return out, new_moments
 
 
-def _is_f32(x: Any, f32: np.dtype) -> bool:
-    return getattr(x, "dtype", None) == f32 and hasattr(x, "shape")
-
-
 def _step_together(spec: _Spec, run: _Run, out: list, new_moments: list[list]) -> None:
     """Steps every float32 leaf with multi-tensor kernel calls (of
     :data:`optimizers._multi.LEAVES_PER_CALL` leaves each), writing ``out`` and
     ``new_moments`` at their indices. A mask that only turns weight decay off is the
     kernel's per-leaf decay flag; any other masked hyperparameter gets one call per mask
     value."""
-    if not _native.enabled():
-        return
-    # Float32 grad, param and moments of one shape, checked without per-leaf jnp calls.
-    f32 = np.dtype(np.float32)
     chosen = [i for i, (g, p) in enumerate(zip(run.g, run.p))
-              if p is not None and _is_f32(g, f32) and _is_f32(p, f32)
-              and all(_is_f32(m[i], f32) and m[i].shape == p.shape for m in run.m)
-              and g.shape == p.shape]
+              if _fused.eligible(g, p, *(m[i] for m in run.m), min_size=0)]
     if not chosen:
         return
     if set(spec.masked) <= {"weight_decay"}:
