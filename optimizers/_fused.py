@@ -49,7 +49,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _native, _vma
-from ._native import TARGETS, available  # noqa: F401 - the kernels' targets; tests ask available()
+from ._native import STEP_TARGETS, available  # noqa: F401 - the step kernels; tests ask available()
 
 _FLOAT32 = np.dtype(np.float32)
 MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call

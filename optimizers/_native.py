@@ -57,7 +57,10 @@ TARGETS = {"fnn_adam_f32": "FnnAdamF32", "fnn_scaled_f32": "FnnScaledF32",
            "fnn_momentum_f32": "FnnMomentumF32",
            # multi-tensor: one call steps a list of leaves (see multi_kernel_call)
            "fnn_adam_multi_f32": "FnnAdamMultiF32", "fnn_scaled_multi_f32": "FnnScaledMultiF32",
-           "fnn_momentum_multi_f32": "FnnMomentumMultiF32"}
+           "fnn_momentum_multi_f32": "FnnMomentumMultiF32",
+           # a reduction over a list of leaves (see sums_kernel_call)
+           "fnn_sums_f32": "FnnSumsF32"}
+STEP_TARGETS = tuple(t for t in TARGETS if t != "fnn_sums_f32")  # the kernels that write
 SOURCE = Path(__file__).with_name("_kernels") / "steps.cc"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
 BUILD_TIMEOUT = 300  # seconds a compiler may run
@@ -487,3 +490,41 @@ def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callabl
         return tuple(primitive.bind(coef, flags, *arrays, leaves=leaves))
 
     return call
+
+
+def sums_kernel_call(target: str, reference: Callable) -> Callable:
+    """``call(*leaves) -> f32[2]``: one reduction kernel call over a list of float32 leaves.
+
+    Lowered as the kernel ``target`` on the CPU (it reads the leaves, writes nothing
+    else), and as ``reference(*leaves)`` on other platforms or when the kernels are
+    unavailable. The result varies over the mesh axes the leaves vary over (inside
+    ``jax.shard_map``; the caller passes leaves that all vary alike).
+    """
+    primitive = Primitive(target)
+
+    def abstract(*leaves):
+        if not leaves:
+            return core.ShapedArray((2,), jax.numpy.float32)
+        first = leaves[0]  # typed like it: inside shard_map, varying over its mesh axes
+        return first.update(shape=(2,), dtype=jax.numpy.dtype("float32"), weak_type=False,
+                            sharding=first.sharding.update(spec=jax.sharding.PartitionSpec(None)))
+
+    primitive.def_abstract_eval(abstract)
+    primitive.def_impl(jax.jit(primitive.bind))  # eager use: compiled like any jitted call
+    plain = mlir.lower_fun(reference, multiple_results=False)
+
+    def cpu(ctx, *operands):
+        if not available():
+            return plain(ctx, *operands)
+
+        def flat(aval):  # 1-D, as in multi_kernel_call: no layout constraints needed
+            return aval if aval.ndim == 1 else core.ShapedArray((aval.size,), aval.dtype)
+
+        flat_operands = [x if a.ndim == 1 else mlir_ops.reshape(ctx, x, flat(a))
+                         for x, a in zip(operands, ctx.avals_in)]
+        return jax.ffi.ffi_lowering(target, skip_ffi_layout_processing=True)(
+            ctx.replace(avals_in=[flat(a) for a in ctx.avals_in]), *flat_operands)
+
+    mlir.register_lowering(primitive, plain)
+    mlir.register_lowering(primitive, cpu, platform="cpu")
+    return primitive.bind

@@ -36,7 +36,7 @@ def global_norm(tree: Any) -> jax.Array:
         return jnp.zeros((), jnp.float32)
     dtype = jnp.result_type(*[jnp.promote_types(jnp.result_type(x), jnp.float32) for x in leaves])
     # few reductions, however many leaves: small ones are concatenated first (_sums)
-    squares = _sums.partial_sums(leaves, lambda x: jnp.square(x.astype(dtype)), dtype)
+    squares = _sums.square_sums(leaves, dtype)
     return jnp.sqrt(sum(_vma.psum_varying(s) for s in squares))
 
 

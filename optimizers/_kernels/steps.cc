@@ -31,6 +31,10 @@
 // FnnMomentumMultiF32 (coef, flags, g.., p.., u..) -> (p.., u..): these rules have no
 //   decay term; flags (n entries) is checked and otherwise unused, so that the three
 //   kernels share one operand layout.
+// FnnSumsF32 (x_1..x_n) -> f32[2]: [Σ x², Σ x · 0] over every element of every leaf, in
+//   one parallel pass (global_norm and skip_nonfinite's test, optimizers/_sums.py). The
+//   squares are summed in float32 lanes over at most 2 · kFlush / 8 elements, then in double;
+//   the second entry is 0 when every element is finite and NaN otherwise.
 // The leaves are read as one concatenated range of elements cut into equal chunks
 // (a chunk may span leaf boundaries), so the intra-op thread pool shares the work
 // by bytes, whatever the mix of leaf sizes. Each chunk runs the single-leaf kernels'
@@ -40,6 +44,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -327,7 +332,93 @@ ffi::Error OneMomentMulti(ffi::ThreadPool pool, F32 coef, F32 flags, ffi::Remain
   return ffi::Error::Success();
 }
 
+// --------------------------------------------------------------------------- sums
+
+// Eight float lanes (GCC/Clang vector extensions: AVX on x86, two NEON registers on ARM);
+// written with plain arrays, GCC kept the lanes in memory and ran at half the bandwidth.
+typedef float Lanes __attribute__((vector_size(32)));
+constexpr int kStreams = 4;       // parts of a block read side by side (measured, one thread,
+                                  // 10M elements: 1 stream 4.6 ms, 2: 3.6, 4: 3.1, 8: 3.1)
+constexpr int64_t kFlush = 4096;  // elements per stream summed in float32 before the double total
+
+// Adds Σ x² of x[0, n) to *squares and Σ x · 0 (0, or NaN if any x is not finite) to *zero.
+void SumsRange(const float* R x, int64_t n, double* squares, float* zero) {
+  for (int64_t lo = 0; lo < n; lo += kStreams * kFlush) {
+    const float* R b = x + lo;
+    const int64_t len = std::min(n - lo, kStreams * kFlush);
+    const int64_t part = len / kStreams / 16 * 16;
+    Lanes sq[kStreams] = {}, z[kStreams] = {};
+    for (int64_t i = 0; i < part; i += 16) {
+      for (int k = 0; k < kStreams; ++k) {
+        Lanes u, v;
+        std::memcpy(&u, b + k * part + i, sizeof u);  // unaligned loads
+        std::memcpy(&v, b + k * part + i + 8, sizeof v);
+        sq[k] += u * u + v * v;
+        z[k] += u * 0.0f + v * 0.0f;
+      }
+    }
+    float tail = 0.0f, zeros = 0.0f;
+    for (int64_t i = kStreams * part; i < len; ++i) {
+      tail += b[i] * b[i];
+      zeros += b[i] * 0.0f;
+    }
+    double total = tail;
+    for (int k = 0; k < kStreams; ++k) {
+      for (int j = 0; j < 8; ++j) {
+        total += sq[k][j];
+        zeros += z[k][j];
+      }
+    }
+    *squares += total;
+    *zero += zeros;
+  }
+}
+
+ffi::Error Sums(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<F32> out) {
+  if (out->element_count() != 2) {
+    return ffi::Error::InvalidArgument("fnn_sums_f32: the result must have 2 entries");
+  }
+  Leaves leaves;
+  leaves.n = static_cast<int64_t>(args.size());
+  leaves.inputs = 1;
+  leaves.in.assign(leaves.n, nullptr);
+  leaves.start.assign(leaves.n + 1, 0);
+  for (int64_t i = 0; i < leaves.n; ++i) {
+    auto buffer = args.get<F32>(i);
+    if (!buffer.has_value()) {
+      return ffi::Error::InvalidArgument("fnn_sums_f32: operand " + std::to_string(i) +
+                                         " is not a float32 buffer");
+    }
+    leaves.in[i] = buffer->typed_data();
+    leaves.start[i + 1] = leaves.start[i] + static_cast<int64_t>(buffer->element_count());
+  }
+  // One slot per chunk: a chunk runs on one thread, so its pieces add to its slot in turn.
+  const int64_t chunks = (leaves.start[leaves.n] + kChunk - 1) / kChunk;
+  std::vector<double> squares(chunks, 0.0);
+  std::vector<float> zeros(chunks, 0.0f);
+  const float* const* in = leaves.in.data();
+  const int64_t* start = leaves.start.data();
+  double* sq = squares.data();
+  float* z = zeros.data();
+  ParallelLeaves(pool, leaves, [=](int64_t i, int64_t o, int64_t len) {
+    const int64_t chunk = (start[i] + o) / kChunk;
+    SumsRange(in[i] + o, len, sq + chunk, z + chunk);
+  });
+  double total = 0.0;
+  float zero = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) {
+    total += squares[c];
+    zero += zeros[c];
+  }
+  out->typed_data()[0] = static_cast<float>(total);
+  out->typed_data()[1] = zero;
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnSumsF32, Sums,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().RemainingArgs().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
                               ffi::Ffi::Bind()

@@ -158,3 +158,48 @@ def test_inside_shard_map_with_mixed_varying_operands():
     for a, b in zip(jax.tree.leaves(kernel(coef, flags, g, p, u)),
                     jax.tree.leaves(formula(coef, flags, g, p, u))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- the sums kernel
+
+
+def float64_norm(xs):
+    return np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in xs))
+
+
+def test_sums_of_sharded_leaves_under_jit_read_only_local_blocks():
+    """global_norm and the finiteness test over leaves split over one axis, both axes or none:
+    each device sums its blocks with one kernel call per sharding, then an all-reduce of a
+    scalar pair over the axes the blocks were split over; nothing is gathered, and a
+    replicated leaf is counted once."""
+    from optimizers import global_norm, wrappers
+
+    shapes = [s for s, _ in LEAVES_2D]
+    specs = [spec for _, spec in LEAVES_2D]
+    xs = arrays(shapes, 5, 0)[0]
+    placed = [jax.device_put(x, NamedSharding(MESH_2D, s)) for x, s in zip(xs, specs)]
+    norm = jax.jit(global_norm)
+    entry = norm.lower(placed).compile().as_text()
+    entry = entry[entry.index("ENTRY"):]
+    assert 'custom_call_target="fnn_sums_f32"' in entry
+    assert "all-gather" not in entry and "all-to-all" not in entry
+    np.testing.assert_allclose(float(norm(placed)), float64_norm(xs), rtol=2e-6)
+    finite = jax.jit(wrappers._all_finite)
+    assert bool(finite(placed))
+    for leaf in (0, 2, 3, 6):  # split over both axes, over y, replicated, over x
+        bad = [x.copy() for x in xs]
+        bad[leaf].reshape(-1)[-1] = np.nan
+        bad = [jax.device_put(x, NamedSharding(MESH_2D, s)) for x, s in zip(bad, specs)]
+        assert not bool(finite(bad)), leaf
+
+
+def test_sums_inside_shard_map_cover_the_whole_tree():
+    from optimizers import global_norm
+
+    shapes = [(64, 24), (16,), (3, 5), (), (8 * 9000,)]
+    specs = [P("d"), P("d"), P(), P(), P("d")]
+    xs = arrays(shapes, 6, 0)[0]
+    placed = put(xs, specs)
+    norm = jax.jit(jax.shard_map(global_norm, mesh=MESH_1D, in_specs=(specs,), out_specs=P()))
+    assert "custom_call @fnn_sums_f32" in norm.lower(placed).as_text()
+    np.testing.assert_allclose(float(norm(placed)), float64_norm(xs), rtol=2e-6)
