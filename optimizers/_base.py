@@ -195,6 +195,12 @@ def step(tx: Any, grads: Updates, state: State, params: Params, **extra) -> tupl
     ``fnn.train`` uses; use it in your own loops. An optimizer without a fast
     path (e.g. one from optax) is stepped as update + apply_updates.
 
+    Donate params and state in the order they come back, as below: JAX pairs
+    donated buffers with results of the same shape and dtype in order, so a
+    step taking ``(state, params)`` and returning ``(params, state)`` pairs each
+    param with a moment's buffer, and XLA copies every buffer before the in-place
+    kernel (measured, Adam on one 10M leaf: 60–100 ms per step instead of 7–10).
+
     Args:
       tx: an :class:`Optimizer` (or any optax-protocol ``(init, update)`` pair).
       grads, state, params: as for ``tx.update``; params are required.
