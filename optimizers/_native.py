@@ -4,9 +4,10 @@ Loading a shared library runs its code (its constructors run inside ``dlopen``),
 so this module loads nothing that someone else could have written, nothing that
 is not exactly what was built, and checks before it loads, never after:
 
-* The cache directory, ``$FNN_CACHE_DIR`` or ``~/.cache/fnn`` (created with mode
-  0700), must belong to the current user and not be writable by group or others,
-  also when reached through a symlink; otherwise nothing there is loaded or built.
+* The cache directory, ``$FNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fnn`` or
+  ``~/.cache/fnn`` (created with mode 0700), must belong to the current user and not
+  be writable by group or others, also when reached through a symlink; otherwise
+  nothing there is loaded or built.
   It is opened once and every later step works through that descriptor.
 * A library is named ``libfnn_steps_<inputs>_<sha256>.so``: ``<inputs>`` hashes
   what the build depends on (source, FFI headers, compiler command, flags, CPU),
@@ -89,10 +90,15 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    """``$FNN_CACHE_DIR``, or ``~/.cache/fnn`` when it is unset or empty."""
+    """``$FNN_CACHE_DIR``; when it is unset or empty, ``fnn`` in the XDG cache directory:
+    ``$XDG_CACHE_HOME/fnn`` or ``~/.cache/fnn`` (a relative ``$XDG_CACHE_HOME`` is ignored,
+    as the XDG spec asks; the data sets' cache, ``fnn.data``, lives beside it)."""
     value = os.environ.get("FNN_CACHE_DIR", "")
     if value:
         return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "fnn"
     try:
         return Path.home() / ".cache" / "fnn"
     except RuntimeError as error:

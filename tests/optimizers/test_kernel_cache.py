@@ -449,3 +449,18 @@ def test_the_build_waits_for_a_cpu_lowering(tmp_path):
     cache = tmp_path / "cache"
     marker = tmp_path / "marker"
     finish(start(cache, marker, script=LAZY, CXX=str(tmp_path / "no-such-c++")), marker)
+
+
+def test_the_default_directory_follows_xdg_cache_home(tmp_path, monkeypatch):
+    """FNN_CACHE_DIR wins; unset, the kernels go where fnn.data puts data sets: fnn in the
+    XDG cache directory (a relative XDG_CACHE_HOME is ignored, as the spec asks)."""
+    monkeypatch.delenv("FNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _native.cache_dir() == tmp_path / "xdg" / "fnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert _native.cache_dir() == tmp_path / "home" / ".cache" / "fnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert _native.cache_dir() == tmp_path / "home" / ".cache" / "fnn"
+    monkeypatch.setenv("FNN_CACHE_DIR", str(tmp_path / "mine"))
+    assert _native.cache_dir() == tmp_path / "mine"
