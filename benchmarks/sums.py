@@ -5,7 +5,11 @@ with one kernel call over XLA's intra-op thread pool; ``_sums._reference`` is th
 sums as jnp code (small leaves concatenated, one XLA reduction per leaf or group),
 which is what runs off the CPU and with ``FNN_FUSED=0``. Both jitted, on the shapes of
 ``run_all.py``, interleaved repeats (``timing.interleaved``), medians and the median
-per-repeat ratio::
+per-repeat ratio.
+
+A second table times what the sums cost inside a step: Adam, ``skip_nonfinite(adam)``
+and ``chain(clip_by_global_norm, adam)`` through ``optimizers.step``, jitted and donated,
+with the gradients made inside the step (``g = p · x``) as a train step makes them::
 
     python benchmarks/sums.py --repeats 15
 """
@@ -18,6 +22,7 @@ import statistics
 import jax
 import jax.numpy as jnp
 
+import optimizers
 from optimizers import _sums
 
 try:
@@ -36,6 +41,42 @@ def runner(fn, leaves) -> timing.Runner:
         jax.block_until_ready(out)
 
     return run
+
+
+def step_runner(tx, size: int, count: int) -> timing.Runner:
+    params = [jnp.full((size,), 0.5, jnp.float32) for _ in range(count)]
+    x = jnp.full((size,), 1e-3, jnp.float32)
+
+    def train_step(params, state, x):
+        grads = [p * x for p in params]
+        return optimizers.step(tx, grads, state, params)
+
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    box = [params, tx.init(params)]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            box[0], box[1] = step(box[0], box[1], x)
+        jax.block_until_ready(box[0])
+
+    return run
+
+
+def steps_table(repeats: int, min_time: float) -> None:
+    print("\n| case | adam ms | skip ms | clip ms | skip / adam | clip / adam |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for case, (size, count) in SHAPES.items():
+        runners = {
+            "adam": step_runner(optimizers.adam(1e-3), size, count),
+            "skip": step_runner(optimizers.skip_nonfinite(optimizers.adam(1e-3)), size, count),
+            "clip": step_runner(optimizers.chain(optimizers.clip_by_global_norm(1.0),
+                                                 optimizers.adam(1e-3)), size, count)}
+        samples = timing.interleaved(runners, repeats, min_time, 5)
+        ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+        ratio = {k: statistics.median(a / b for a, b in zip(samples[k], samples["adam"]))
+                 for k in ("skip", "clip")}
+        print(f"| {case} | {ms['adam']:.2f} | {ms['skip']:.2f} | {ms['clip']:.2f} | "
+              f"{ratio['skip']:.2f} | {ratio['clip']:.2f} |")
 
 
 def main() -> None:
@@ -59,6 +100,7 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in zip(samples["kernel"], samples["xla"]))
         print(f"| {case} | {statistics.median(samples['kernel']) * 1e3:.2f} | "
               f"{statistics.median(samples['xla']) * 1e3:.2f} | {ratio:.2f} |")
+    steps_table(args.repeats, args.min_time)
 
 
 if __name__ == "__main__":
