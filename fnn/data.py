@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from init._checks import check_key as _check_key  # the one PRNG-key check (layers, init)
+
 from ._datasets import (
     DATASETS,
     DownloadError,
@@ -59,27 +61,6 @@ def _num_examples(owner: str, data: Data, name: str = "data") -> int:
             f"shapes {shapes}."
         )
     return sizes.pop()
-
-
-def _check_key(owner: str, key: Any, name: str = "key") -> None:
-    """Raises TypeError unless ``key`` is one PRNG key (typed, or a raw uint32 key); trace-safe."""
-    if key is None:
-        raise TypeError(f"{owner}: a PRNG key is required, e.g. {name}=jax.random.key(0).")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        raise TypeError(
-            f"{owner}: {name} must be a JAX PRNG key, not the int {key}; use jax.random.key({key})."
-        )
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None:  # dtype and shape are static: this check is safe inside a trace
-        if jnp.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0:
-            return
-        if dtype == np.uint32 and np.ndim(key) == 1:  # a raw key from jax.random.PRNGKey
-            return
-    described = f"an array of dtype {dtype} and shape {np.shape(key)}" if dtype is not None \
-        else f"{type(key).__name__} {key!r}"
-    raise TypeError(
-        f"{owner}: {name} must be one JAX PRNG key such as jax.random.key(0); got {described}."
-    )
 
 
 def _check_int(owner: str, name: str, value: Any, low: int) -> int:

@@ -26,24 +26,33 @@ class Initializer(Protocol):
 FLOAT_DTYPES = "float32, float64, bfloat16 or float16"
 
 
-def check_key(owner: str, key: Any) -> None:
-    """TypeError unless ``key`` is one PRNG key (typed, or a legacy uint32[2] key).
+def check_key(owner: str, key: Any, name: str = "key") -> None:
+    """TypeError unless ``key`` is one PRNG key: a typed key (``jax.random.key``) or a raw
+    uint32 key (``jax.random.PRNGKey``: shape (2,), or (4,) for the "rbg" implementation).
 
-    A batch of keys is a ValueError that points at ``jax.vmap``.
+    A batch of keys is a ValueError that points at ``jax.vmap``. Only dtype and shape are
+    read, so the check is safe inside a trace. The one key check of fnn, init and the layers.
+
+    Example:
+        >>> check_key("fit", 3)   # TypeError: fit: key must be a JAX PRNG key, e.g.
+        ...                       # jax.random.key(3), not the seed 3 itself; got the int 3.
     """
+    if key is None:
+        raise TypeError(f"{owner}: a PRNG key is required, e.g. {name}=jax.random.key(0).")
     dtype = getattr(key, "dtype", None)
     shape = getattr(key, "shape", None)
     if isinstance(key, (jax.Array, np.ndarray)) and dtype is not None:
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             if shape == ():
                 return
-            raise ValueError(f"{owner}: key must be a single PRNG key; got a batch of keys of "
-                             f"shape {shape} (use jax.vmap over the keys to draw a batch).")
-        if dtype == np.uint32 and len(shape) >= 1 and shape[-1] == 2:
-            if shape == (2,):
-                return
-            raise ValueError(f"{owner}: key must be a single PRNG key; got a batch of legacy keys "
+            raise ValueError(f"{owner}: {name} must be a single PRNG key; got a batch of keys "
                              f"of shape {shape} (use jax.vmap over the keys to draw a batch).")
+        if dtype == np.uint32 and len(shape) >= 1 and shape[-1] in (2, 4):
+            if len(shape) == 1:
+                return
+            raise ValueError(f"{owner}: {name} must be a single PRNG key; got a batch of raw "
+                             f"keys of shape {shape} (use jax.vmap over the keys to draw a "
+                             "batch).")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         hint = f"jax.random.key({int(key)}), not the seed {int(key)} itself"
         described = f"the int {int(key)}"
@@ -53,7 +62,7 @@ def check_key(owner: str, key: Any) -> None:
     else:
         hint = "jax.random.key(0)"
         described = f"{type(key).__name__} {key!r}"
-    raise TypeError(f"{owner}: key must be a JAX PRNG key, e.g. {hint}; got {described}.")
+    raise TypeError(f"{owner}: {name} must be a JAX PRNG key, e.g. {hint}; got {described}.")
 
 
 def check_shape(owner: str, shape: Any) -> tuple[int, ...]:

@@ -142,7 +142,7 @@ def test_bad_loss_function_and_arguments():
     with pytest.raises(TypeError, match="the loss must be a scalar"):
         train.make_train_step(vector, tx)(state, data, jax.random.key(0))
     good = lambda p, s, b, k: (jnp.sum(p["w"] ** 2), (s, {}))
-    with pytest.raises(TypeError, match=r"use jax.random.key\(3\)"):
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key, e.g. jax.random.key\(3\), not the seed 3"):
         train.fit(good, tx, state, data, key=3, epochs=1, batch_size=8)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         train.make_epoch(good, tx, 0)

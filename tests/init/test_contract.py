@@ -112,3 +112,20 @@ def test_float64_draws_have_float64_precision():
               init.scaled(init.normal(1.0), 2.0)):
         w = np.asarray(f(jax.random.key(1), SHAPE, jnp.float64))
         assert not np.array_equal(w.astype(np.float32).astype(np.float64), w)
+
+
+def test_a_raw_key_of_the_rbg_implementation_is_one_key():
+    """Raw keys are uint32[2] (threefry) or uint32[4] ("rbg"): both are one key (the check
+    once took every raw key of 4 words for an error), and a batch of them is a clear error."""
+    previous = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        raw = jax.random.PRNGKey(5)
+        assert raw.shape == (4,)
+        typed = jax.random.wrap_key_data(raw, impl="rbg")
+        for f in (init.he_normal(), init.orthogonal()):
+            np.testing.assert_array_equal(f64(f(raw, SHAPE)), f64(f(typed, SHAPE)))
+        with pytest.raises(ValueError, match="a batch of raw keys of shape"):
+            init.he_normal()(jnp.stack([raw, raw]), SHAPE)
+    finally:
+        jax.config.update("jax_default_prng_impl", previous)

@@ -59,7 +59,7 @@ BAD = [
     ("numpy seed as key", lambda: init.normal()(np.int64(7), (3,)), TypeError,
      r"jax.random.key\(7\), not the seed 7 itself; got the int 7"),
     ("None as key", lambda: init.zeros()(None, (3,)), TypeError,
-     r"constant: key must be a JAX PRNG key, e.g. jax.random.key\(0\); got NoneType"),
+     r"constant: a PRNG key is required, e.g. key=jax.random.key\(0\)"),
     ("batch of keys", lambda: XAVIER(jax.random.split(KEY, 3), (3, 3)), ValueError,
      r"key must be a single PRNG key; got a batch of keys of shape \(3,\).*jax.vmap"),
     # initializers: dtype
