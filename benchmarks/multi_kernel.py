@@ -1,12 +1,11 @@
-"""One multi-tensor kernel call vs per-leaf single-leaf kernels vs the jnp formula.
+"""One multi-tensor kernel call vs the jnp formula per leaf.
 
 For Adam (with weight decay on every other leaf), RMSProp or Momentum, one jitted
 step of a list of float32 leaves, with params and moments donated and threaded
-from step to step (gradients fixed), three ways:
+from step to step (gradients fixed), two ways:
 
-* ``multi``: :func:`optimizers._multi.adam_multi` etc., one custom call for all leaves;
-* ``single``: one single-leaf kernel call per leaf (``_fused.adam_step`` etc., what
-  the optimizers use today for leaves of ≥ 65,536 elements);
+* ``multi``: :func:`optimizers._multi.adam_multi` etc., one custom call for all leaves
+  (what ``optimizers.step`` runs);
 * ``jnp``: the reference formula per leaf (``_fused.adam_reference`` etc.), XLA's loops.
 
 Cases: 1000 leaves × 1k, 100 × 100k, 1 × 10M. Reported: median ms per step over
@@ -37,13 +36,13 @@ from optimizers import _fused, _multi  # noqa: E402
 
 CASES = {"1000x1k": (1000, 1000), "100x100k": (100, 100_000), "1x10M": (1, 10_000_000)}
 
-# kind -> (multi step, single-leaf step, reference, moments, coefficients, bytes per param)
+# kind -> (multi step, reference, moments, coefficients, bytes per param)
 KINDS = {
-    "adam": (_multi.adam_multi, _fused.adam_step, _fused.adam_reference, 2,
+    "adam": (_multi.adam_multi, _fused.adam_reference, 2,
              lambda: _fused.adam_coefficients(jnp.int32(5), 1e-3, 0.9, 0.999, 1e-8, 1e-4), 28),
-    "rmsprop": (_multi.scaled_multi, _fused.scaled_step, _fused.scaled_reference, 1,
+    "rmsprop": (_multi.scaled_multi, _fused.scaled_reference, 1,
                 lambda: _fused.scaled_coefficients(0.9, 0.1, 1e-3, 1e-8, False), 20),
-    "momentum": (_multi.momentum_multi, _fused.momentum_step, _fused.momentum_reference, 1,
+    "momentum": (_multi.momentum_multi, _fused.momentum_reference, 1,
                  lambda: _fused.momentum_coefficients(0.9, 1e-3, False), 20),
 }
 DECAY_COLUMN = {"adam": 7}
@@ -51,7 +50,7 @@ DECAY_COLUMN = {"adam": 7}
 
 def steps(kind: str):
     """name -> step(coef, flags, grads, params, *moments) -> (params, *moments)."""
-    multi, single, reference, moments, _, _ = KINDS[kind]
+    multi, reference, moments, _, _ = KINDS[kind]
     column = DECAY_COLUMN.get(kind)
 
     def leaf_coef(coef, flags, i):
@@ -64,7 +63,7 @@ def steps(kind: str):
             return tuple([o[k] for o in out] for k in range(1 + moments))
         return step
 
-    return {"multi": multi, "single": per_leaf(single), "jnp": per_leaf(reference)}
+    return {"multi": multi, "jnp": per_leaf(reference)}
 
 
 def runner(step, coef, flags, grads, params, state):
@@ -86,7 +85,7 @@ def runner(step, coef, flags, grads, params, state):
 
 def measure(kind: str, case: str, repeats: int, min_time: float) -> tuple[Row, Row]:
     leaves, size = CASES[case]
-    _, _, _, moments, make_coef, bytes_per_param = KINDS[kind]
+    _, _, moments, make_coef, bytes_per_param = KINDS[kind]
     key = jax.random.key(0)
     grads = [jax.random.normal(jax.random.fold_in(key, i), (size,)) for i in range(leaves)]
     params = [jnp.full((size,), 0.5, jnp.float32) for _ in range(leaves)]
@@ -119,7 +118,7 @@ def main() -> None:
         rows += measure(args.kind, case, args.repeats, args.min_time)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__}: python benchmarks/multi_kernel.py --kind {args.kind}")
-    print(markdown(rows, ["multi", "single", "jnp"], baseline="jnp"))
+    print(markdown(rows, ["multi", "jnp"], baseline="jnp"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One-pass optimizer kernels for float32 leaves on the CPU: coefficients, formulas, steps.
+"""One-pass optimizer kernels for float32 leaves on the CPU: coefficients and formulas.
 
 Why: XLA:CPU has no multi-output loop fusion, so a jitted optimizer step becomes
 one loop per output (the param and each moment), each re-reading the gradient:
@@ -6,28 +6,19 @@ Adam moves ~40 bytes per param where one pass needs 28. Pure-JAX rewrites
 (chunked loops, interleaved layouts, scans; see the README) measured slower, so
 the steps of Adam/AdamW, AdaGrad/RMSProp and Momentum are small C++ kernels
 (``_kernels/steps.cc``) registered with JAX's own extension mechanism,
-``jax.ffi``, that update the param and moments in place.
+``jax.ffi``, that update the params and moments in place. The kernels are the
+multi-tensor ones: one call steps a whole list of leaves (:mod:`optimizers._multi`
+makes the calls and holds their fallbacks: off the CPU, under ``vmap``, for
+derivatives, sharded under ``jax.jit`` and inside ``jax.shard_map``). In C++ each
+rule is one per-range function (``AdamRange``, ``ScaledRange``, ``MomentumRange``)
+that every piece of every call runs.
 
-This module holds what every kernel shares: the float32 coefficient vectors
-(``*_coefficients``), the jnp formulas that define the kernels and stand in for
-them off the CPU, under ``vmap`` and for derivatives (``*_reference``), and the
-single-leaf steps (``adam_step``, ``scaled_step``, ``momentum_step``), the
-reference the multi-tensor steps of :mod:`optimizers._multi` are tested against.
-The optimizers pass ``fused=(coefficients, multi_step)`` to ``from_rule``; only
-``optimizers.step`` runs a kernel, ``update`` always returns the rule's update.
-
-Sharded params: under ``jax.jit`` with sharded arrays, the kernel call is wrapped in
-``custom_partitioning`` (elementwise: each device steps its own shard, nothing is
-gathered). Inside ``jax.shard_map`` each device's leaves are its local blocks, so
-a leaf takes the kernel when its *block* has at least :data:`MIN_SIZE` elements,
-and the kernel steps that block in place. There every value's type also records
-the mesh axes it varies over (its vma: a param passed with ``P('d')`` varies over
-``'d'``, a replicated one does not). The formula is elementwise, so its results
-vary over the union of the operands' axes; the operands are cast to that union
-first (:func:`optimizers._vma.varying_alike`, no data moves), so the kernel's
-results, typed like ``p``, have the type ``lax.platform_dependent`` needs from
-both branches, whatever mix of sharded and replicated gradient, param and moments
-is passed, and whichever platform the program is lowered for.
+This module holds what the kernels and their callers share: the float32
+coefficient vectors (``*_coefficients``), the jnp formulas that define the kernels
+and stand in for them where they cannot run (``*_reference``), and the
+eligibility check of a leaf (:func:`eligible`). The optimizers pass
+``fused=(coefficients, multi_step)`` to ``from_rule``; only ``optimizers.step``
+runs a kernel, ``update`` always returns the rule's update.
 
 The kernels are compiled with the system C++ compiler when the first CPU
 program with a step is lowered, cached in ``$FNN_CACHE_DIR`` (default
@@ -44,11 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import custom_batching
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _native, _vma
+from . import _native
 from ._native import STEP_TARGETS, available  # noqa: F401 - the step kernels; tests ask available()
 
 _FLOAT32 = np.dtype(np.float32)
@@ -73,7 +61,7 @@ def eligible(g: Any, p: Any, *moments: Any, min_size: int = MIN_SIZE) -> bool:
             and _native.enabled())
 
 
-# --------------------------------------------------------------------------- the step
+# ------------------------------------------------------------------- coefficients and formulas
 
 
 def adam_coefficients(count, learning_rate, b1, b2, eps, weight_decay=0.0,
@@ -150,67 +138,3 @@ def momentum_reference(coef, g, p, u):
     mu, lr, nesterov = _columns(coef, 3)
     u = mu * u + g
     return p - lr * jnp.where(nesterov != 0, g + mu * u, u), u
-
-
-def _one_pass(target: str, reference, moments: int):
-    """``step(coef, g, p, *moments) -> (p_new, *moments_new)``: the kernel ``target`` on the
-    CPU, ``reference`` elsewhere, under vmap and for derivatives."""
-    outputs = 1 + moments
-    # In place (the outputs alias p and the moments): donate them, or XLA copies them
-    # first. Built when first lowered for the CPU; the reference formula where it cannot be.
-    kernel = _native.kernel_call(target, reference, outputs)
-
-    # Elementwise, so on sharded arrays each device steps its own shard: without
-    # this rule the partitioner would gather every array onto every device.
-    fixed = {1: lambda coef, g, p, a: kernel(coef, g, p, a),
-             2: lambda coef, g, p, a, b: kernel(coef, g, p, a, b)}[moments]
-    sharded = custom_partitioning(fixed)
-
-    def same_sharding(mesh, arg_shapes, result_shape):
-        return (arg_shapes[2].sharding,) * outputs
-
-    def partition(mesh, arg_shapes, result_shape):
-        shard = arg_shapes[2].sharding
-        replicated = NamedSharding(mesh, PartitionSpec())
-        return mesh, fixed, (shard,) * outputs, (replicated,) + (shard,) * (1 + outputs)
-
-    sharded.def_partition(
-        partition=partition, infer_sharding_from_operands=same_sharding,
-        sharding_rule=f"c, {', '.join(['...'] * (1 + outputs))} -> {', '.join(['...'] * outputs)}",
-        need_replication_factors=("c",))
-
-    @custom_batching.custom_vmap
-    def kernel_or_reference(coef, g, p, *state):
-        return tuple(jax.lax.platform_dependent(coef, g, p, *state, cpu=sharded,
-                                                default=reference))
-
-    @kernel_or_reference.def_vmap
-    def batched(axis_size, in_batched, coef, g, p, *state):
-        # Under vmap (e.g. many learning rates at once) coefficients differ per model:
-        # run the jnp formula, batched, instead of the kernel.
-        args = [x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-                for x, b in zip((coef, g, p, *state), in_batched)]
-        coef = args[0].reshape(axis_size, *([1] * (args[2].ndim - 1)), args[0].shape[-1])
-        return reference(coef, *args[1:]), (True,) * outputs
-
-    @jax.custom_jvp
-    def differentiable(coef, g, p, *state):
-        return kernel_or_reference(coef, g, p, *state)
-
-    differentiable.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
-
-    def step(coef, g, p, *state):
-        # Inside shard_map every output varies over the manual axes that any input varies
-        # over (the formula is elementwise), and both branches of platform_dependent must
-        # say so: the kernel's outputs are typed like p, so give every operand that type.
-        return differentiable(*_vma.varying_alike(coef, g, p, *state))
-
-    return step
-
-
-adam_step = _one_pass("fnn_adam_f32", adam_reference, 2)
-adam_step.__doc__ = "One Adam step of a float32 leaf, one pass on the CPU: (p, m, v) new."
-scaled_step = _one_pass("fnn_scaled_f32", scaled_reference, 1)
-scaled_step.__doc__ = "One AdaGrad/RMSProp step of a float32 leaf: (p, s) new."
-momentum_step = _one_pass("fnn_momentum_f32", momentum_reference, 1)
-momentum_step.__doc__ = "One Momentum step of a float32 leaf: (p, u) new."

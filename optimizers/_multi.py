@@ -1,13 +1,13 @@
 """Multi-tensor one-pass steps: one kernel call steps a whole list of float32 leaves.
 
 Why: XLA:CPU pays ~10 µs per leaf per step for the loops of a per-leaf optimizer
-step, and the single-leaf kernels of :mod:`optimizers._fused` serve only leaves of
-≥ 65,536 elements, one custom call each. A model of many small leaves (a
-transformer, a ResNet: 100–500 leaves) is stepped here by ONE custom call (one per
-:data:`LEAVES_PER_CALL` leaves) that walks every leaf, any size or shape (scalars
-and empty leaves included), in place, with the work split across XLA's intra-op
-thread pool by bytes (the leaves are cut as one concatenated range, a chunk may
-span leaf boundaries), not by leaf.
+step, and moves each array once per output (see :mod:`optimizers._fused`). A model
+of many leaves (a transformer, a ResNet: 100–500 leaves) is stepped here by ONE
+custom call (one per :data:`LEAVES_PER_CALL` leaves) that walks every leaf, any
+size or shape (scalars and empty leaves included), in place, with the work split
+across XLA's intra-op thread pool by bytes (the leaves are cut as one concatenated
+range, a chunk may span leaf boundaries), not by leaf. These are the optimizers'
+only step kernels: ``optimizers.step`` steps every float32 leaf through them.
 
 Each function takes one coefficient vector for all leaves (the layouts of
 :func:`optimizers._fused.adam_coefficients`, :func:`~optimizers._fused.scaled_coefficients`
@@ -16,14 +16,14 @@ and :func:`~optimizers._fused.momentum_coefficients`) and one flag per leaf,
 weight decay applies to the leaf, 0 where a mask turns it off; ``None``: all 1).
 AdaGrad/RMSProp and Momentum have no decay term, so there the flags (checked to
 have one entry per leaf) change nothing; they are accepted so that the three
-functions share one signature. Per leaf the arithmetic is exactly the single-leaf
-kernels' (the same C++ functions run), so::
+functions share one signature. Per leaf the kernel computes the jnp formula of
+:mod:`optimizers._fused` in float32 (each piece of a call runs the rule's per-range
+C++ function, ``AdamRange`` etc., wherever the chunks fall), so, to float32 rounding::
 
-    adam_multi(coef, flags, grads, params, m, v)[k][i]
-        == _fused.adam_step(coef.at[7].multiply(flags[i]), grads[i], params[i], m[i], v[i])[k]
+    adam_multi(coef, flags, grads, params, m, v)[k][i] ≈ _fused.adam_reference(
+        coef.at[7].multiply(flags[i]), grads[i], params[i], m[i], v[i])[k]
 
-The same fallbacks as the single-leaf steps (``_fused._one_pass``), so a kernel
-changes speed, never semantics:
+A kernel changes speed, never semantics:
 
 * off the CPU (the kernel primitive's lowering rule for other platforms), under
   ``vmap`` (``custom_vmap``), for derivatives (``custom_jvp``), when the kernels

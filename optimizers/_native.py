@@ -1,4 +1,5 @@
-"""Building, checking and loading the one-pass kernels' shared library (used by ``_fused``).
+"""Building, checking and loading the one-pass kernels' shared library (used by ``_multi``
+and ``_sums``).
 
 Loading a shared library runs its code (its constructors run inside ``dlopen``),
 so this module loads nothing that someone else could have written, nothing that
@@ -23,8 +24,9 @@ is not exactly what was built, and checks before it loads, never after:
   ``FNN_CACHE_DIR``, ``FNN_FUSED``).
 
 The build happens when a CPU program containing a kernel call is first lowered
-(:func:`kernel_call`'s CPU lowering rule), not when a step is traced: a program
-lowered for a GPU or TPU never builds or warns about a compiler.
+(the CPU lowering rule of :func:`multi_kernel_call` or :func:`sums_kernel_call`), not
+when a step is traced: a program lowered for a GPU or TPU never builds or warns about a
+compiler.
 """
 
 from __future__ import annotations
@@ -54,13 +56,12 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
 # custom-call target -> symbol of its handler in _kernels/steps.cc
-TARGETS = {"fnn_adam_f32": "FnnAdamF32", "fnn_scaled_f32": "FnnScaledF32",
-           "fnn_momentum_f32": "FnnMomentumF32",
-           # multi-tensor: one call steps a list of leaves (see multi_kernel_call)
-           "fnn_adam_multi_f32": "FnnAdamMultiF32", "fnn_scaled_multi_f32": "FnnScaledMultiF32",
-           "fnn_momentum_multi_f32": "FnnMomentumMultiF32",
-           # a reduction over a list of leaves (see sums_kernel_call)
-           "fnn_sums_f32": "FnnSumsF32"}
+TARGETS = {
+    # the steps: one call steps a list of leaves in place (see multi_kernel_call)
+    "fnn_adam_multi_f32": "FnnAdamMultiF32", "fnn_scaled_multi_f32": "FnnScaledMultiF32",
+    "fnn_momentum_multi_f32": "FnnMomentumMultiF32",
+    # a reduction over a list of leaves (see sums_kernel_call)
+    "fnn_sums_f32": "FnnSumsF32"}
 STEP_TARGETS = tuple(t for t in TARGETS if t != "fnn_sums_f32")  # the kernels that write
 SOURCE = Path(__file__).with_name("_kernels") / "steps.cc"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
@@ -407,34 +408,6 @@ def _register() -> bool:
 
 
 # --------------------------------------------------------------------------- the call
-
-
-def kernel_call(target: str, reference: Callable, outputs: int) -> Callable:
-    """``call(coef, g, p, *moments) -> (p_new, *moments_new)``: a primitive lowered as the
-    kernel ``target`` (updating p and the moments in place) for the CPU, and as
-    ``reference(coef, g, p, *moments)`` for other platforms or when the kernels are
-    unavailable. The kernels are built when the first CPU program with a call is lowered.
-    """
-    primitive = Primitive(f"{target}_step")
-    primitive.multiple_results = True
-    # Operands in the kernel's order: g, p, *moments, coef; results shaped like p.
-    primitive.def_abstract_eval(lambda g, p, *rest: (p,) * outputs)
-    primitive.def_impl(jax.jit(primitive.bind))  # eager use: compiled like any jitted call
-
-    def formula(g, p, *rest):
-        return reference(rest[-1], g, p, *rest[:-1])
-
-    plain = mlir.lower_fun(formula, multiple_results=True)
-    # In place: the outputs alias p and the moments (operands 1, 2, …). Donate them,
-    # or XLA copies them first.
-    kernel = jax.ffi.ffi_lowering(target, operand_output_aliases={1 + i: i for i in range(outputs)})
-
-    def cpu(ctx, *operands):
-        return (kernel if available() else plain)(ctx, *operands)
-
-    mlir.register_lowering(primitive, plain)
-    mlir.register_lowering(primitive, cpu, platform="cpu")
-    return lambda coef, g, p, *moments: tuple(primitive.bind(g, p, *moments, coef))
 
 
 def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callable:

@@ -4,8 +4,8 @@ This module needs only the run-time dependencies (jax, jaxlib, chex, numpy) and
 pytest. ``.ci/run`` runs it on the exact dependency floors declared in
 ``pyproject.toml`` (where the test extras optax, flax and torch may not install);
 the main pass runs it with the rest of the suite. It steps every optimizer,
-wrapper and schedule (Adam on a float32 leaf of 65,536 elements, the size at
-which the one-pass CPU kernels take over, and on packed params), initializes and
+wrapper and schedule (Adam on a float32 leaf of 65,536 elements, one work chunk of
+the one-pass CPU kernels, and on packed params), initializes and
 gradient-checks every layer, runs every loss, the data helpers, a short ``fit``
 and a two-trial vmapped search.
 """
@@ -24,7 +24,7 @@ import optimizers as opt
 from fnn import data, gradcheck, losses, train, tuning
 
 LR = 0.01
-BIG = (256, 256)  # 65,536 float32 elements: the one-pass kernels' threshold
+BIG = (256, 256)  # 65,536 float32 elements: one work chunk of the one-pass kernels
 
 
 def _grads(shape, seed):

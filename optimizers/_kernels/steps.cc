@@ -1,51 +1,47 @@
-// One-pass optimizer steps for float32 buffers on the CPU, as XLA FFI custom calls.
+// One-pass optimizer steps for lists of float32 buffers on the CPU, as XLA FFI custom calls.
 //
 // XLA:CPU emits one loop per output of a jitted optimizer step (the param and
 // each moment), each re-reading the gradient: Adam moves ~40 bytes per param
-// where one pass needs 28. These kernels do the single pass, in place (the
-// outputs alias the param and moment inputs), in chunks shared by the calling
-// thread and XLA's intra-op thread pool. optimizers/_fused.py holds the same
-// formulas in jnp (used off the CPU, under vmap and for derivatives); tests
-// check that both agree with float64 NumPy references.
+// where one pass needs 28, and pays a few microseconds per leaf. These kernels do
+// the single pass, in place (the outputs alias the param and moment inputs), over a
+// whole list of n float32 leaves of any sizes and shapes (scalars and empty leaves
+// included) per call, in chunks shared by the calling thread and XLA's intra-op
+// thread pool. optimizers/_fused.py holds the same formulas in jnp (used off the CPU,
+// under vmap and for derivatives; optimizers/_multi.py makes the calls); tests check
+// that both agree with float64 NumPy references.
 //
-// FnnAdamF32 (g, p, m, v, coef) -> (p, m, v),
-//   coef = [b1, 1 - b1, b2, 1 - b2, step, inv_sqrt_c2, eps, decay]:
+// FnnAdamMultiF32 (coef, flags, g_1..g_n, p_1..p_n, m_1..m_n, v_1..v_n)
+//   -> (p_1..p_n, m_1..m_n, v_1..v_n),
+//   coef = [b1, 1 - b1, b2, 1 - b2, step, inv_sqrt_c2, eps, decay]; per leaf i:
 //   m ← b1 m + (1 − b1) g;  v ← b2 v + (1 − b2) g²
-//   p ← p − step · m / (√v · inv_sqrt_c2 + eps) − decay · p
-//   (step = η / (1 − β₁ᵗ), inv_sqrt_c2 = 1 / √(1 − β₂ᵗ), decay = η λ for AdamW).
-// FnnScaledF32 (g, p, s, coef) -> (p, s), AdaGrad and RMSProp,
+//   p ← p − step · m / (√v · inv_sqrt_c2 + eps) − decay · flags[i] · p
+//   (step = η / (1 − β₁ᵗ), inv_sqrt_c2 = 1 / √(1 − β₂ᵗ), decay = η λ for AdamW;
+//   flags[i] is 1 where AdamW's weight decay applies to leaf i, 0 where a mask turns it off).
+// FnnScaledMultiF32 (coef, flags, g.., p.., s..) -> (p.., s..), AdaGrad and RMSProp,
 //   coef = [keep, add, lr, eps, eps_in_sqrt]:
 //   s ← keep · s + add · g²;  p ← p − lr · g / (√s + eps)   (eps_in_sqrt: / √(s + eps)).
+// FnnMomentumMultiF32 (coef, flags, g.., p.., u..) -> (p.., u..),
+//   coef = [momentum, lr, nesterov]:
+//   u ← momentum · u + g;  p ← p − lr · u   (nesterov: p ← p − lr · (g + momentum · u)).
+// AdaGrad/RMSProp and Momentum have no decay term; their flags (n entries) are checked and
+// otherwise unused, so that the three kernels share one operand layout.
 // Where a denominator is 0 (eps = 0 and a gradient that was always 0) the quotient is
 // 0, the limit, not 0/0 = NaN: the denominator is replaced by +inf (one select).
-// FnnMomentumF32 (g, p, u, coef) -> (p, u), coef = [momentum, lr, nesterov]:
-//   u ← momentum · u + g;  p ← p − lr · u   (nesterov: p ← p − lr · (g + momentum · u)).
-//
-// Multi-tensor versions: one call steps a whole list of n float32 leaves of any sizes
-// and shapes (scalars and empty leaves included), in place, with one coefficient
-// vector for all of them (the same layouts as above) and one flag per leaf:
-// FnnAdamMultiF32 (coef, flags, g_1..g_n, p_1..p_n, m_1..m_n, v_1..v_n)
-//   -> (p_1..p_n, m_1..m_n, v_1..v_n); leaf i decays by coef[7] · flags[i]
-//   (1 where AdamW's weight decay applies to it, 0 where a mask turns it off).
-// FnnScaledMultiF32 (coef, flags, g.., p.., s..) -> (p.., s..) and
-// FnnMomentumMultiF32 (coef, flags, g.., p.., u..) -> (p.., u..): these rules have no
-//   decay term; flags (n entries) is checked and otherwise unused, so that the three
-//   kernels share one operand layout.
 // FnnSumsF32 (x_1..x_n) -> f32[2]: [Σ x², Σ x · 0] over every element of every leaf, in
 //   one parallel pass (global_norm and skip_nonfinite's test, optimizers/_sums.py). The
 //   squares are summed in float32 lanes over at most 2 · kFlush / 8 elements, then in double;
 //   the second entry is 0 when every element is finite and NaN otherwise.
 // The leaves are read as one concatenated range of elements cut into equal chunks
 // (a chunk may span leaf boundaries), so the intra-op thread pool shares the work
-// by bytes, whatever the mix of leaf sizes. Each chunk runs the single-leaf kernels'
-// per-range functions, so every element gets exactly the single-leaf arithmetic.
+// by bytes, whatever the mix of leaf sizes. Each piece of a chunk that lies in one leaf
+// runs the per-range function of its rule (AdamRange, ScaledRange, MomentumRange,
+// SumsRange), so every element gets the same arithmetic wherever the chunks fall.
 
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
 #include <memory>
 #include <string>
 #include <thread>
@@ -152,50 +148,6 @@ void Parallel(ffi::ThreadPool& pool, int64_t n, Body body) {
   // Wait for chunks still running on helpers; yield, so that on an oversubscribed machine
   // the helper we wait for gets the core instead of this thread spinning its time slice away.
   while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
-}
-
-bool SameSize(size_t n, std::initializer_list<size_t> sizes) {
-  for (size_t s : sizes) {
-    if (s != n) return false;
-  }
-  return true;
-}
-
-ffi::Error Adam(ffi::ThreadPool pool, F32 g, F32 p, F32 m, F32 v, F32 coef, F32Out p_out,
-                F32Out m_out, F32Out v_out) {
-  const int64_t n = g.element_count();
-  if (!SameSize(g.element_count(), {p.element_count(), m.element_count(), v.element_count()}) ||
-      coef.element_count() != 8) {
-    return ffi::Error::InvalidArgument("fnn_adam_f32: g, p, m, v must have one size; coef 8");
-  }
-  const float *gd = g.typed_data(), *pd = p.typed_data(), *md = m.typed_data(),
-              *vd = v.typed_data(), *c = coef.typed_data();
-  float *po = p_out->typed_data(), *mo = m_out->typed_data(), *vo = v_out->typed_data();
-  Parallel(pool, n, [=](int64_t lo, int64_t len) {
-    AdamRange(gd + lo, pd + lo, md + lo, vd + lo, po + lo, mo + lo, vo + lo, len, c);
-  });
-  return ffi::Error::Success();
-}
-
-// AdaGrad/RMSProp and Momentum: one moment, `coefs` scalars, `Range` per chunk.
-template <void (*Range)(const float*, const float*, const float*, float*, float*, int64_t,
-                        const float*),
-          int64_t coefs>
-ffi::Error OneMoment(ffi::ThreadPool pool, F32 g, F32 p, F32 s, F32 coef, F32Out p_out,
-                     F32Out s_out) {
-  const int64_t n = g.element_count();
-  if (!SameSize(g.element_count(), {p.element_count(), s.element_count()}) ||
-      coef.element_count() != static_cast<size_t>(coefs)) {
-    return ffi::Error::InvalidArgument("fnn one-moment step: g, p and the moment must have "
-                                       "one size, coef the kernel's count of scalars");
-  }
-  const float *gd = g.typed_data(), *pd = p.typed_data(), *sd = s.typed_data(),
-              *c = coef.typed_data();
-  float *po = p_out->typed_data(), *so = s_out->typed_data();
-  Parallel(pool, n, [=](int64_t lo, int64_t len) {
-    Range(gd + lo, pd + lo, sd + lo, po + lo, so + lo, len, c);
-  });
-  return ffi::Error::Success();
 }
 
 // --------------------------------------------------------------------------- multi-tensor
@@ -419,27 +371,6 @@ ffi::Error Sums(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Result<F32> 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnSumsF32, Sums,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().RemainingArgs().Ret<F32>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnAdamF32, Adam,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
-
-#define FNN_ONE_MOMENT_BINDING                                                         \
-  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>() \
-      .Ret<F32>()
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnScaledF32, (OneMoment<ScaledRange, 5>), FNN_ONE_MOMENT_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FnnMomentumF32, (OneMoment<MomentumRange, 3>),
-                              FNN_ONE_MOMENT_BINDING);
-
 
 #define FNN_MULTI_BINDING \
   ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().RemainingArgs().RemainingRets()

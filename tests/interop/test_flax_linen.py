@@ -131,7 +131,7 @@ def test_hyperparams_of_a_train_state_change_without_recompiling():
         np.testing.assert_allclose(np.asarray(p1), p0 - 0.01 * gi, rtol=1e-6, atol=1e-7)
 
 
-BIG = 1 << 16  # float32 leaves of >= 65,536 elements take the one-pass kernels
+BIG = 1 << 16  # a large float32 leaf (every float32 leaf takes the one-pass kernels)
 
 KERNELS = {
     "adam": (lambda: opt.adam(0.01), "fnn_adam_multi_f32"),

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 import fnn
 import optimizers as opt
-from optimizers import _fused
+from optimizers import _fused, _multi
 
 MESH = jax.make_mesh((8,), ("d",))
 ROWS = 8 * _fused.MIN_SIZE // 128  # w's local block on each device is exactly MIN_SIZE elements
@@ -200,6 +200,11 @@ def test_shard_map_step_lowers_for_a_gpu(name):
     assert "stablehlo.sqrt" in program or "stablehlo.rsqrt" in program or name == "momentum"
 
 
+def adam_one_leaf(coef, g, p, m, v):
+    """The multi-tensor Adam kernel on a list of one leaf: (p, m, v) new."""
+    return tuple(x[0] for x in _multi.adam_multi(coef, None, [g], [p], [m], [v]))
+
+
 def test_mixed_varying_operands_of_one_kernel():
     """Any mix of sharded and replicated operands of one kernel call (the param replicated
     and its gradient sharded, or the reverse, or the moment alone sharded) types and
@@ -216,13 +221,13 @@ def test_mixed_varying_operands_of_one_kernel():
         g, p, m, v = make(g_spec, 1), make(p_spec, 1), make(m_spec, 0.1), make(m_spec, 0.01)
         v = jnp.abs(v)
         out = P("d")
-        kernel = jax.jit(jax.shard_map(_fused.adam_step, mesh=MESH,
+        kernel = jax.jit(jax.shard_map(adam_one_leaf, mesh=MESH,
                                        in_specs=(P(), g_spec, p_spec, m_spec, m_spec),
                                        out_specs=(out, out, out)))
         formula = jax.jit(jax.shard_map(_fused.adam_reference, mesh=MESH,
                                         in_specs=(P(), g_spec, p_spec, m_spec, m_spec),
                                         out_specs=(out, out, out)))
-        assert "custom_call @fnn_adam_f32" in kernel.lower(coef, g, p, m, v).as_text()
+        assert "custom_call @fnn_adam_multi_f32" in kernel.lower(coef, g, p, m, v).as_text()
         for a, b in zip(kernel(coef, g, p, m, v), formula(coef, g, p, m, v)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-7)
 

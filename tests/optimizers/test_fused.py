@@ -19,9 +19,22 @@ import numpy as np
 import pytest
 
 import optimizers as opt
-from optimizers import _fused
+from optimizers import _fused, _multi
 
-N = _fused.MIN_SIZE + 123  # above the size threshold, and not a multiple of the chunk
+N = _fused.MIN_SIZE + 123  # more than one chunk of the kernels (2^16), and not a multiple of it
+
+
+def one_leaf(multi):
+    """``step(coef, g, p, *moments) -> (p_new, *moments_new)``: the multi-tensor kernel
+    ``multi`` (:mod:`optimizers._multi`) on a list of one leaf, decay flag 1."""
+    def step(coef, g, p, *moments):
+        return tuple(x[0] for x in multi(coef, None, [g], [p], *([m] for m in moments)))
+    return step
+
+
+adam_one_leaf = one_leaf(_multi.adam_multi)
+scaled_one_leaf = one_leaf(_multi.scaled_multi)
+momentum_one_leaf = one_leaf(_multi.momentum_multi)
 
 
 def arrays(seed, n=N):
@@ -69,8 +82,8 @@ def test_kernel_matches_a_float64_numpy_reference(t, weight_decay, bias_correcti
     hp = dict(lr=3e-3, b1=0.9, b2=0.999, eps=1e-8)
     coef = _fused.adam_coefficients(jnp.int32(t), hp["lr"], hp["b1"], hp["b2"], hp["eps"],
                                     weight_decay, bias_correction)
-    step = jax.jit(_fused.adam_step)
-    assert "fnn_adam_f32" in step.lower(coef, g, p, m, v).as_text()
+    step = jax.jit(adam_one_leaf)
+    assert "fnn_adam_multi_f32" in step.lower(coef, g, p, m, v).as_text()
     new = [np.asarray(x, np.float64) for x in step(coef, g, p, m, v)]
     ref = numpy_adam(g, p, m, v, t, weight_decay=weight_decay,
                      bias_correction=bias_correction, **hp)
@@ -95,8 +108,8 @@ def test_scaled_kernel_matches_a_float64_numpy_reference(keep, add, eps, eps_in_
     g, p, _, s = arrays(11)
     lr = 1e-2
     coef = _fused.scaled_coefficients(keep, add, lr, eps, eps_in_sqrt)
-    step = jax.jit(_fused.scaled_step)
-    assert "fnn_scaled_f32" in step.lower(coef, g, p, s).as_text()
+    step = jax.jit(scaled_one_leaf)
+    assert "fnn_scaled_multi_f32" in step.lower(coef, g, p, s).as_text()
     new_p, new_s = (np.asarray(x, np.float64) for x in step(coef, g, p, s))
     keep, add, lr, eps = (float(np.float32(x)) for x in (keep, add, lr, eps))
     g64, p64, s64 = (x.astype(np.float64) for x in (g, p, s))
@@ -116,8 +129,8 @@ def test_momentum_kernel_matches_a_float64_numpy_reference(nesterov):
     g, p, u, _ = arrays(12)
     mu, lr = 0.9, 1e-2
     coef = _fused.momentum_coefficients(mu, lr, nesterov)
-    step = jax.jit(_fused.momentum_step)
-    assert "fnn_momentum_f32" in step.lower(coef, g, p, u).as_text()
+    step = jax.jit(momentum_one_leaf)
+    assert "fnn_momentum_multi_f32" in step.lower(coef, g, p, u).as_text()
     new_p, new_u = (np.asarray(x, np.float64) for x in step(coef, g, p, u))
     mu, lr = float(np.float32(mu)), float(np.float32(lr))
     g64, p64, u64 = (x.astype(np.float64) for x in (g, p, u))
@@ -136,7 +149,7 @@ def test_momentum_kernel_matches_a_float64_numpy_reference(nesterov):
 def big_tree(seed=0):
     k = jax.random.split(jax.random.key(seed), 3)
     return {"w": jax.random.normal(k[0], (256, 300), jnp.float32),   # 76,800 ≥ MIN_SIZE
-            "b": jax.random.normal(k[1], (300,), jnp.float32)}      # small: plain rule
+            "b": jax.random.normal(k[1], (300,), jnp.float32)}      # small: same call
 
 
 def grads_at(params, i):
@@ -457,15 +470,15 @@ def test_kernels_with_zero_eps_give_zero_steps_where_the_gradient_is_zero(kernel
     g, m, v = (np.where(zero, 0, x).astype(np.float32) for x in (g, m, v))
     if kernel == "adam":
         coef = _fused.adam_coefficients(jnp.int32(3), 1e-2, 0.9, 0.999, 0.0)
-        step, twin, target, inputs = _fused.adam_step, _fused.adam_reference, "fnn_adam_f32", (
-            g, p, m, v)
+        step, twin, target, inputs = (adam_one_leaf, _fused.adam_reference,
+                                      "fnn_adam_multi_f32", (g, p, m, v))
         with np.errstate(divide="ignore", invalid="ignore"):
             ref_p = numpy_adam(g, p, m, v, 3, 1e-2, 0.9, 0.999, 0.0, 0.0, True)[0]
     else:
         in_sqrt = kernel == "scaled_in_sqrt"
         coef = _fused.scaled_coefficients(0.9, 0.1, 1e-2, 0.0, in_sqrt)
-        step, twin, target, inputs = (_fused.scaled_step, _fused.scaled_reference,
-                                      "fnn_scaled_f32", (g, p, v))
+        step, twin, target, inputs = (scaled_one_leaf, _fused.scaled_reference,
+                                      "fnn_scaled_multi_f32", (g, p, v))
         s = 0.9 * v.astype(np.float64) + 0.1 * g.astype(np.float64) ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             ref_p = p - float(np.float32(1e-2)) * g / np.sqrt(s)

@@ -2,7 +2,7 @@
 never crash or give a wrong number on a damaged file.
 
 Every case runs, in a fresh process with its own FNN_CACHE_DIR, two jitted Adam steps
-of a 65,536-element float32 param (the smallest leaf a kernel takes), and checks them
+of a 65,536-element float32 param (one work chunk of the kernels), and checks them
 against float64 NumPy Adam written from the formula: each ends in a correct step by
 the kernel, or a correct step by the XLA formulas after one clear warning. A crash
 (SIGBUS on a truncated library), a hang (timeout) or a wrong number fails, and so
