@@ -22,14 +22,14 @@ runs a kernel, ``update`` always returns the rule's update.
 
 The kernels are compiled with the system C++ compiler when the first CPU
 program with a step is lowered, cached in ``$FNN_CACHE_DIR`` (default
-``~/.cache/fnn``) and loaded only after ownership, mode and content-hash checks
-(:mod:`optimizers._native`). Where that fails the same formulas run as XLA code
-after one warning; ``FNN_FUSED=0`` runs the plain rule and builds nothing.
+``$XDG_CACHE_HOME/fnn`` or ``~/.cache/fnn``) and loaded only after ownership, mode
+and content-hash checks (:mod:`optimizers._native`). Where that fails the same
+formulas run as XLA code after one warning; ``FNN_FUSED=0`` runs the plain rule and
+builds nothing.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -40,13 +40,13 @@ from . import _native
 from ._native import STEP_TARGETS, available  # noqa: F401 - the step kernels; tests ask available()
 
 _FLOAT32 = np.dtype(np.float32)
-MIN_SIZE = 1 << 16  # smaller leaves: XLA's fused loops are as fast and need no custom call
+# Elements per task when a kernel call splits its leaves over the thread pool (kChunk in
+# _kernels/steps.cc); tests size leaves around it.
+CHUNK = 1 << 16
 
 
-def eligible(g: Any, p: Any, *moments: Any, min_size: int = MIN_SIZE) -> bool:
-    """A leaf the kernels take: float32 gradient, param and moments of one shape, ≥
-    ``min_size`` elements (the multi-tensor kernels of :mod:`optimizers._multi` take any
-    size: ``min_size=0``).
+def eligible(g: Any, p: Any, *moments: Any) -> bool:
+    """A leaf the kernels take: float32 gradient, param and moments of one shape (any size).
 
     Decided at trace time from the arrays' dtype and shape attributes alone (no jnp call:
     it runs for every leaf of every step's trace), without building anything (the kernels
@@ -57,7 +57,7 @@ def eligible(g: Any, p: Any, *moments: Any, min_size: int = MIN_SIZE) -> bool:
     shape = getattr(p, "shape", None)
     return (all(getattr(x, "dtype", None) == _FLOAT32 and getattr(x, "shape", None) == shape
                 for x in (g, p, *moments))
-            and math.prod(shape) >= min_size
+            and shape is not None
             and _native.enabled())
 
 

@@ -333,7 +333,7 @@ def _step_together(spec: _Spec, run: _Run, out: list, new_moments: list[list]) -
     kernel's per-leaf decay flag; any other masked hyperparameter gets one call per mask
     value."""
     chosen = [i for i, (g, p) in enumerate(zip(run.g, run.p))
-              if _fused.eligible(g, p, *(m[i] for m in run.m), min_size=0)]
+              if _fused.eligible(g, p, *(m[i] for m in run.m))]
     if not chosen:
         return
     if set(spec.masked) <= {"weight_decay"}:

@@ -146,7 +146,7 @@ def test_dropout_masks_do_not_depend_on_the_split():
 
 
 def big_float32_model():
-    # Dense weights of 256×512 and 512×256 (131072 elements ≥ _fused.MIN_SIZE): stepped by
+    # Dense weights of 256×512 and 512×256 (131072 elements ≥ _fused.CHUNK): stepped by
     # the C++ kernels; BatchNorm on the inputs so that no param has a zero true gradient
     return fnn.serial(fnn.BatchNorm(), fnn.Dense(512), fnn.Relu(), fnn.Dropout(0.2),
                       fnn.Dense(256), fnn.Relu(), fnn.Dense(10))

@@ -20,7 +20,7 @@ import optimizers as opt
 from optimizers import _fused, _multi
 
 MESH = jax.make_mesh((8,), ("d",))
-ROWS = 8 * _fused.MIN_SIZE // 128  # w's local block on each device is exactly MIN_SIZE elements
+ROWS = 8 * _fused.CHUNK // 128  # w's local block on each device is exactly one kernel chunk
 PARAM_SPECS = {"w": P("d"), "b": P("d"), "r": P()}  # r: a replicated leaf next to sharded ones
 
 
@@ -209,7 +209,7 @@ def test_mixed_varying_operands_of_one_kernel():
     """Any mix of sharded and replicated operands of one kernel call (the param replicated
     and its gradient sharded, or the reverse, or the moment alone sharded) types and
     computes like the jnp formula; these failed at trace time before."""
-    rows = _fused.MIN_SIZE // 128
+    rows = _fused.CHUNK // 128
     rng = np.random.default_rng(3)
     coef = _fused.adam_coefficients(jnp.int32(3), 0.01, 0.9, 0.999, 1e-8)
     for g_spec, p_spec, m_spec in [(P("d"), P(), P()), (P(), P("d"), P()), (P(), P(), P("d")),

@@ -137,7 +137,7 @@ def test_through_optimizers_step_the_average_follows_the_stepped_params():
     from optimizers import _fused
 
     rng = np.random.default_rng(2)
-    n = _fused.MIN_SIZE + 7
+    n = _fused.CHUNK + 7
     params = {"w": jnp.asarray(rng.normal(size=n), jnp.float32)}
     tx = opt.chain(opt.adam(1e-2), opt.ema(0.9))
 

@@ -21,7 +21,7 @@ import pytest
 import optimizers as opt
 from optimizers import _fused, _multi
 
-N = _fused.MIN_SIZE + 123  # more than one chunk of the kernels (2^16), and not a multiple of it
+N = _fused.CHUNK + 123  # more than one chunk of the kernels (2^16), and not a multiple of it
 
 
 def one_leaf(multi):
@@ -66,8 +66,12 @@ def test_the_kernel_builds_on_this_machine():
 
 
 def test_eligibility():
+    """Float32 leaves of any size, scalars included; never another dtype, a mixed leaf or
+    a leaf without params."""
     big, small = jnp.zeros(N, jnp.float32), jnp.zeros(100, jnp.float32)
-    assert not _fused.eligible(small, small, small, small)
+    assert _fused.eligible(small, small, small, small)
+    assert _fused.eligible(*(jnp.float32(1.0),) * 3)
+    assert not _fused.eligible(small, big, small, small)  # shapes differ
     assert not _fused.eligible(big, None, big, big)
     for dtype in (jnp.bfloat16, jnp.float16, jnp.float64):
         x = jnp.zeros(N, dtype)
@@ -148,7 +152,7 @@ def test_momentum_kernel_matches_a_float64_numpy_reference(nesterov):
 
 def big_tree(seed=0):
     k = jax.random.split(jax.random.key(seed), 3)
-    return {"w": jax.random.normal(k[0], (256, 300), jnp.float32),   # 76,800 ≥ MIN_SIZE
+    return {"w": jax.random.normal(k[0], (256, 300), jnp.float32),   # 76,800 > CHUNK
             "b": jax.random.normal(k[1], (300,), jnp.float32)}      # small: same call
 
 

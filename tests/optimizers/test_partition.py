@@ -237,7 +237,7 @@ def test_each_group_runs_its_own_one_pass_kernel():
     """A frozen large leaf runs no kernel; the head's Adam runs one, with the right numbers."""
     if not _fused.available():
         pytest.fail("the one-pass kernels do not build on this machine")
-    n = _fused.MIN_SIZE + 5
+    n = _fused.CHUNK + 5
     rng = np.random.default_rng(1)
     params = {"backbone": jnp.asarray(rng.normal(size=n), jnp.float32),
               "head": jnp.asarray(rng.normal(size=n), jnp.float32)}

@@ -62,7 +62,7 @@ def gradients(n, seed=0):
     return [np.where(live, rng.normal(size=n), 0.0).astype(np.float32) for _ in range(STEPS)], live
 
 
-CASES = [(name, size) for name in MAKERS for size in (100, _fused.MIN_SIZE + 5)
+CASES = [(name, size) for name in MAKERS for size in (100, _fused.CHUNK + 5)
          if not (name == "rmsprop_centered" and size > 100)]  # centered RMSProp has no kernel
 
 
