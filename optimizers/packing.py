@@ -18,11 +18,16 @@ pad + add per slice). Every optimizer then runs its rule once per buffer::
 The results equal those of the unpacked tree (tests check every optimizer and
 dtype). Masks given as a function of params are evaluated on the unpacked
 structure; each buffer must then be all-in or all-out, which ``group=`` arranges.
+
+A Packed is a pytree, so orbax checkpoints it as it is; where Flax is installed,
+:func:`pack` also registers Packed with ``flax.serialization`` (as its buffers by
+name), so ``to_bytes``/``from_bytes`` of a state holding one work too.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -128,7 +133,33 @@ def pack(tree: Any, *, group: Callable[[Any, Any], Any] | None = None,
             sizes[name] = size + padding
     layout = Layout(treedef, tuple(slots), tuple(sizes.items()))
     buffers = {n: jnp.concatenate(p) if len(p) > 1 else p[0] for n, p in parts.items()}
+    _register_with_flax()
     return Packed(buffers, layout)
+
+
+@functools.cache
+def _register_with_flax() -> None:
+    """Lets ``flax.serialization`` (``to_bytes``, ``from_bytes``, ``to_state_dict``) read and
+    restore a Packed as ``{buffer name: buffer}``, restored into a target's layout. Once per
+    process, at the first :func:`pack`, and only where Flax is installed (never imported
+    otherwise): fnn.train packs trees of ≥ 100 leaves by default, and Flax users save
+    states with it."""
+    if importlib.util.find_spec("flax") is None:
+        return
+    from flax import serialization
+
+    def to_state(packed: Packed) -> dict:
+        return {name: serialization.to_state_dict(b) for name, b in packed.buffers.items()}
+
+    def from_state(target: Packed, state: dict) -> Packed:
+        if set(state) != set(target.buffers):
+            raise ValueError(f"Packed: the saved buffers {sorted(state)} are not the target's "
+                             f"{sorted(target.buffers)}; restore into a state packed alike "
+                             "(the same tree, dtypes and group=).")
+        return Packed({name: serialization.from_state_dict(b, state[name])
+                       for name, b in target.buffers.items()}, target.layout)
+
+    serialization.register_serialization_state(Packed, to_state, from_state, override=True)
 
 
 def _slices(layout: Layout, buffers: tuple) -> list:

@@ -263,3 +263,44 @@ def test_a_run_resumed_in_a_fresh_process_equals_an_uninterrupted_one(tmp_path):
     for name in uninterrupted.files:
         assert_same_bits(resumed[name], uninterrupted[name], name)
     assert int(resumed[resumed.files[-1]]) == 12  # TrainState.step, the last leaf
+
+
+def test_a_packed_train_state_checkpoints_resumes_and_serializes(tmp_path):
+    """fnn.train packs a tree of >= 100 leaves by default: its state must checkpoint with
+    orbax (fnn.callbacks.Checkpoint), resume to the uninterrupted run, and round-trip
+    through flax.serialization (Packed registers itself there)."""
+    import flax.serialization
+
+    import fnn
+    from fnn import callbacks, train
+
+    layers = [layer for _ in range(50) for layer in (fnn.Dense(4), fnn.Relu())]
+    model = fnn.serial(*layers, fnn.Dense(3))
+    _, params, model_state = model.init(jax.random.key(0), (-1, 4), jnp.float32)
+    assert len(jax.tree.leaves(params)) >= train.PACK_MIN_LEAVES
+    loss_fn, _ = train.classifier(model)
+    tx = opt.adam(1e-2)
+    state = train.init_train_state(params, model_state, tx)
+    assert isinstance(state.params, opt.Packed)
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32))
+    run = functools.partial(train.fit, loss_fn, tx, train_data=data, key=jax.random.key(1),
+                            batch_size=8, progress=False)
+    saved, _ = run(state=state, epochs=2, callbacks=[callbacks.Checkpoint(tmp_path / "ckpt")])
+    restored = callbacks.restore_checkpoint(tmp_path / "ckpt", state)
+    assert isinstance(restored.params, opt.Packed)
+    assert restored.params.layout == state.params.layout
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    resumed, _ = run(state=restored, epochs=1)
+    straight, _ = run(state=state, epochs=3)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    back = flax.serialization.from_bytes(state, flax.serialization.to_bytes(saved))
+    assert isinstance(back.params, opt.Packed) and back.params.layout == state.params.layout
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    grouped = opt.pack(params, group=lambda path, x: x.ndim >= 2)  # other buffers
+    with pytest.raises(ValueError, match="are not the target's"):
+        flax.serialization.from_bytes(grouped, flax.serialization.to_bytes(saved.params))
