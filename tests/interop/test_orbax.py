@@ -266,26 +266,26 @@ def test_a_run_resumed_in_a_fresh_process_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_a_packed_train_state_checkpoints_resumes_and_serializes(tmp_path):
-    """fnn.train packs a tree of >= 100 leaves by default: its state must checkpoint with
-    orbax (fnn.callbacks.Checkpoint), resume to the uninterrupted run, and round-trip
-    through flax.serialization (Packed registers itself there)."""
+    """fnn.train packs a tree of >= 100 leaves by default (here forced on a small model, which
+    compiles fast): the state must checkpoint with orbax (fnn.callbacks.Checkpoint), resume
+    to the uninterrupted run, and round-trip through flax.serialization (Packed registers
+    itself there)."""
     import flax.serialization
 
     import fnn
     from fnn import callbacks, train
 
-    layers = [layer for _ in range(50) for layer in (fnn.Dense(4), fnn.Relu())]
-    model = fnn.serial(*layers, fnn.Dense(3))
+    model = fnn.serial(fnn.Dense(8), fnn.BatchNorm(), fnn.Relu(), fnn.Dense(3))
     _, params, model_state = model.init(jax.random.key(0), (-1, 4), jnp.float32)
-    assert len(jax.tree.leaves(params)) >= train.PACK_MIN_LEAVES
     loss_fn, _ = train.classifier(model)
     tx = opt.adam(1e-2)
-    state = train.init_train_state(params, model_state, tx)
+    state = train.init_train_state(params, model_state, tx, packed=True)
     assert isinstance(state.params, opt.Packed)
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32))
+    epoch = train.jit_epoch(loss_fn, tx, 8)  # compiled once for the three runs
     run = functools.partial(train.fit, loss_fn, tx, train_data=data, key=jax.random.key(1),
-                            batch_size=8, progress=False)
+                            batch_size=8, progress=False, epoch_fn=epoch)
     saved, _ = run(state=state, epochs=2, callbacks=[callbacks.Checkpoint(tmp_path / "ckpt")])
     restored = callbacks.restore_checkpoint(tmp_path / "ckpt", state)
     assert isinstance(restored.params, opt.Packed)
