@@ -331,7 +331,8 @@ def refine(space: dict, results: Results, *, top: int = 3, margin: float = 0.5) 
 def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
                  configs: list[dict], train_data: Any, *, key: jax.Array, epochs: int,
                  batch_size: int, val_data: Any = None, eval_fn: Callable | None = None,
-                 mesh: Any = None, batch_axis: str = "data") -> list[dict]:
+                 mesh: Any = None, batch_axis: str = "data", return_states: bool = False,
+                 ) -> list[dict] | tuple[list[dict], _train.TrainState]:
     """Trains one model per configuration, all in one compiled program (``jax.vmap``).
 
     Every configuration starts from ``state`` and differs only in the optimizer
@@ -358,13 +359,22 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
 
     Returns:
       One dict of final metrics per configuration: ``train_<metric>`` of the
-      last epoch and, with ``val_data`` and ``eval_fn``, ``val_<metric>``.
+      last epoch and, with ``val_data`` and ``eval_fn``, ``val_<metric>``. With
+      ``return_states=True``, ``(metrics, states)``: ``states`` is the trained
+      :class:`~fnn.train.TrainState` of every configuration stacked on a leading
+      axis (``jax.tree.map(lambda x: x[i], states)`` is configuration i's, ready
+      to evaluate, save or train on; on a mesh, still spread over it).
 
     Example:
         >>> configs = sample({"learning_rate": log_uniform(1e-4, 1e-1)}, key, 16)
         >>> metrics = parallel_fit(loss_fn, tx, state, configs, (x, y), key=key, epochs=10,
         ...                        batch_size=64, val_data=(xv, yv), eval_fn=eval_fn)
+        >>> metrics, states = parallel_fit(..., return_states=True)
+        >>> best = jax.tree.map(lambda x: x[0], states)   # configs[0]'s trained state
     """
+    if not isinstance(return_states, bool):
+        raise TypeError(f"parallel_fit: return_states must be True or False; got "
+                        f"{return_states!r}.")
     opt._base.check_optimizer("parallel_fit", "tx", tx)
     _check_key("parallel_fit", key)
     epochs = _check_int("parallel_fit", "epochs", epochs, 1)
@@ -427,4 +437,8 @@ def parallel_fit(loss_fn: Callable, tx: opt.Optimizer, state: _train.TrainState,
         val = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None)))(params, states.model_state, val_data)
         for i in range(n):
             results[i].update({f"val_{k}": float(v[i]) for k, v in val.items()})
-    return results
+    if not return_states:
+        return results
+    if jax.tree_util.tree_leaves(states)[0].shape[0] != n:  # the mesh's padding, dropped
+        states = jax.tree_util.tree_map(lambda x: x[:n], states)
+    return results, states

@@ -104,12 +104,14 @@ def test_parallel_fit_equals_training_each_configuration_alone_and_compiles_once
         tuning.parallel_fit(loss_fn, ambiguous, train.init_train_state(params, {}, ambiguous),
                             configs[:1], data, key=jax.random.key(1), epochs=1, batch_size=32)
     state = train.init_train_state(params, {}, tx)
-    results = tuning.parallel_fit(loss_fn, tx, state, configs, data, key=jax.random.key(1),
-                                  epochs=4, batch_size=32, val_data=data, eval_fn=eval_fn)
+    results, states = tuning.parallel_fit(loss_fn, tx, state, configs, data,
+                                          key=jax.random.key(1), epochs=4, batch_size=32,
+                                          val_data=data, eval_fn=eval_fn, return_states=True)
     traced_for_16 = len(traces)
     assert traced_for_16 <= 2  # the scanned batch and the last, smaller one: not 16 × anything
     assert len({round(r["train_loss"], 6) for r in results}) == 16
-    for config, result in zip(configs[:4], results[:4]):
+    assert all(x.shape[0] == 16 for x in jax.tree.leaves(states))
+    for i, (config, result) in enumerate(zip(configs[:4], results[:4])):
         alone_tx = opt.chain(opt.add_decayed_weights(config["weight_decay"]),
                              opt.sgd(config["learning_rate"]))
         alone = train.init_train_state(params, {}, alone_tx)
@@ -118,6 +120,11 @@ def test_parallel_fit_equals_training_each_configuration_alone_and_compiles_once
                                    progress=False)
         assert history["train_loss"][-1] == pytest.approx(result["train_loss"], rel=1e-5)
         assert history["val_accuracy"][-1] == pytest.approx(result["val_accuracy"], abs=1e-6)
+        # the returned state of configuration i is the one training it alone ends with
+        mine = jax.tree.map(lambda x, i=i: x[i], states)
+        assert int(mine.step) == int(alone.step)
+        for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(alone.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 BAD = [

@@ -430,8 +430,17 @@ def test_parallel_fit_with_a_mesh_equals_without():
     kwargs = dict(key=jax.random.key(2), epochs=2, batch_size=32, val_data=(x, y),
                   eval_fn=eval_fn)
     alone = fnn.tuning.parallel_fit(loss_fn, tx, state, configs, (x, y), **kwargs)
-    spread = fnn.tuning.parallel_fit(loss_fn, tx, state, configs, (x, y), mesh=mesh8(), **kwargs)
+    spread, states = fnn.tuning.parallel_fit(loss_fn, tx, state, configs, (x, y), mesh=mesh8(),
+                                             return_states=True, **kwargs)
     assert len(spread) == len(configs)
+    # one trained state per configuration, the padding to 8 dropped; each one's own run
+    assert all(leaf.shape[0] == len(configs) for leaf in jax.tree.leaves(states))
+    last = jax.tree.map(lambda v: v[-1], states)
+    alone_last, _ = train.fit(loss_fn, tx, state._replace(opt_state=opt.set_hyperparams(
+        state.opt_state, learning_rate=configs[-1]["learning_rate"])), (x, y), key=kwargs["key"],
+        epochs=2, batch_size=32, progress=False)
+    for a, b in zip(jax.tree.leaves(last.params), jax.tree.leaves(alone_last.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-7, atol=1e-8)
     for a, b in zip(alone, spread):
         assert a.keys() == b.keys()
         for k in a:
