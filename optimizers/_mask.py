@@ -79,15 +79,23 @@ def leaf_values(owner: str, mask: Any, tree: Any, *, tree_name: str = "params") 
         resolved = resolve_packed_mask(owner, mask, tree)
     else:
         resolved = resolve(owner, mask, tree)
-    values = _check_bools(owner, resolved)
-    treedef = jax.tree_util.tree_structure(resolved)
+    return over_leaves(owner, "mask", "bool", _check_bools(owner, resolved), resolved, tree,
+                       tree_name)
+
+
+def over_leaves(owner: str, name: str, noun: str, values: list, prefix: Any, tree: Any,
+                tree_name: str) -> list:
+    """``values`` (one per leaf of ``prefix``, a prefix of ``tree``) repeated over the leaves
+    of ``tree`` below each, or a ValueError showing both structures (``name``: the prefix's
+    name, ``noun``: what one of its leaves is)."""
+    treedef = jax.tree_util.tree_structure(prefix)
     try:
         subtrees = treedef.flatten_up_to(tree)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            f"{owner}: the structure of mask does not match {tree_name}: a mask must have "
-            f"the structure of {tree_name} or of a prefix of it (one bool per leaf, or per "
-            f"subtree).\n  mask: {treedef}\n  {tree_name}: "
+            f"{owner}: the structure of {name} does not match {tree_name}: {name} must have "
+            f"the structure of {tree_name} or of a prefix of it (one {noun} per leaf, or per "
+            f"subtree).\n  {name}: {treedef}\n  {tree_name}: "
             f"{jax.tree_util.tree_structure(tree)}\n  ({error})"
         ) from None
     out = []

@@ -122,20 +122,7 @@ def leaf_labels(labels: Any, tree: Any, groups: Mapping[str, Any], *,
                 "freeze those params) or fix the label."
             )
         values.append(value)
-    treedef = jax.tree_util.tree_structure(resolved)
-    try:
-        subtrees = treedef.flatten_up_to(tree)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"partition: the structure of labels does not match {tree_name}: labels must have "
-            f"the structure of {tree_name} or of a prefix of it (one label per leaf, or per "
-            f"subtree).\n  labels: {treedef}\n  {tree_name}: "
-            f"{jax.tree_util.tree_structure(tree)}\n  ({error})"
-        ) from None
-    out = []
-    for value, subtree in zip(values, subtrees):
-        out.extend([value] * len(jax.tree_util.tree_leaves(subtree)))
-    return out
+    return _mask.over_leaves("partition", "labels", "label", values, resolved, tree, tree_name)
 
 
 def _packed_labels(labels: Any, packed: Packed, groups: Mapping[str, Any]) -> list[str]:
