@@ -410,6 +410,18 @@ def _register() -> bool:
 # --------------------------------------------------------------------------- the call
 
 
+def _flat(aval: core.ShapedArray) -> core.ShapedArray:
+    """``aval`` as a 1-D array. A reshape of a row-major array is a bitcast, and a 1-D array
+    has one layout, so flat element i is one coordinate in every operand of a kernel call."""
+    return aval if aval.ndim == 1 else core.ShapedArray((aval.size,), aval.dtype)
+
+
+def _flattened(ctx: Any, operands: Any, avals: Any) -> list:
+    """The operands reshaped to :func:`_flat` (no op for those already 1-D)."""
+    return [x if a.ndim == 1 else mlir_ops.reshape(ctx, x, _flat(a))
+            for x, a in zip(operands, avals)]
+
+
 def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callable:
     """``call(coef, flags, *arrays, leaves=n) -> outputs · n arrays``: one multi-tensor kernel
     call stepping ``n`` leaves in place.
@@ -442,18 +454,12 @@ def multi_kernel_call(target: str, reference: Callable, outputs: int) -> Callabl
     def cpu(ctx, *operands, leaves):
         if not available():
             return plain(ctx, *operands, leaves=leaves)
-        # Every leaf's arrays as 1-D arrays (reshapes of row-major arrays are bitcasts): a
-        # 1-D array has one layout, so flat element i is one coordinate in g, p and the
-        # moments, and the call needs no layout constraints, with which XLA's layout
-        # assignment copied every aliased operand (compile time grew ~n³ in the leaves).
-        def flat(aval):
-            return aval if aval.ndim == 1 else core.ShapedArray((aval.size,), aval.dtype)
-
-        avals_in = [*ctx.avals_in[:2], *(flat(a) for a in ctx.avals_in[2:])]
-        avals_out = [flat(a) for a in ctx.avals_out]
-        flat_operands = [*operands[:2], *(
-            x if a.ndim == 1 else mlir_ops.reshape(ctx, x, flat(a))
-            for x, a in zip(operands[2:], ctx.avals_in[2:]))]
+        # Every leaf's arrays as 1-D arrays (_flat), so that the call needs no layout
+        # constraints, with which XLA's layout assignment copied every aliased operand
+        # (compile time grew ~n³ in the leaves).
+        avals_in = [*ctx.avals_in[:2], *map(_flat, ctx.avals_in[2:])]
+        avals_out = [_flat(a) for a in ctx.avals_out]
+        flat_operands = [*operands[:2], *_flattened(ctx, operands[2:], ctx.avals_in[2:])]
         # Operands: coef, flags, g_1..g_n, then the params (result 0..n-1) and moments.
         aliases = {2 + leaves + i: i for i in range(outputs * leaves)}
         results = jax.ffi.ffi_lowering(target, operand_output_aliases=aliases,
@@ -496,13 +502,9 @@ def sums_kernel_call(target: str, reference: Callable) -> Callable:
         if not available():
             return plain(ctx, *operands)
 
-        def flat(aval):  # 1-D, as in multi_kernel_call: no layout constraints needed
-            return aval if aval.ndim == 1 else core.ShapedArray((aval.size,), aval.dtype)
-
-        flat_operands = [x if a.ndim == 1 else mlir_ops.reshape(ctx, x, flat(a))
-                         for x, a in zip(operands, ctx.avals_in)]
         return jax.ffi.ffi_lowering(target, skip_ffi_layout_processing=True)(
-            ctx.replace(avals_in=[flat(a) for a in ctx.avals_in]), *flat_operands)
+            ctx.replace(avals_in=[_flat(a) for a in ctx.avals_in]),
+            *_flattened(ctx, operands, ctx.avals_in))
 
     mlir.register_lowering(primitive, plain)
     mlir.register_lowering(primitive, cpu, platform="cpu")
