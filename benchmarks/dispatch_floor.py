@@ -20,43 +20,33 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 try:
     from . import timing
+    from .contenders import JAX_CONTENDERS
 except ImportError:  # run as a script
     import timing
+    from contenders import JAX_CONTENDERS
 
 
 def step_floor(leaves: int, size: int, repeats: int) -> None:
-    params = [jnp.full((size,), 0.5, jnp.float32) for _ in range(leaves)]
-    grads = [jnp.full((size,), 1e-3, jnp.float32) for _ in range(leaves)]
-    tx = optax.adam(1e-3)
-
-    def adam(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    adam_step = jax.jit(adam, donate_argnums=(0, 1))
+    params = [np.full((size,), 0.5, np.float32) for _ in range(leaves)]
+    grads = [np.full((size,), 1e-3, np.float32) for _ in range(leaves)]
     identity = jax.jit(lambda p, g: p, donate_argnums=(0,))
-    boxes = {"optax": [[p + 0 for p in params], tx.init(params)],
-             "identity": [[p + 0 for p in params]]}
-
-    def run_optax(n: int) -> None:
-        box = boxes["optax"]
-        for _ in range(n):
-            box[0], box[1] = adam_step(box[0], box[1], grads)
-        jax.block_until_ready(box[0])
+    device_grads = [jnp.asarray(g) for g in grads]
+    carry = [[jnp.asarray(p) for p in params]]
 
     def run_identity(n: int) -> None:
-        box = boxes["identity"]
         for _ in range(n):
-            box[0] = identity(box[0], grads)
-        jax.block_until_ready(box[0])
+            carry[0] = identity(carry[0], device_grads)
+        jax.block_until_ready(carry[0])
 
-    samples = timing.interleaved({"optax": run_optax, "identity": run_identity}, repeats,
-                                 0.2, 5)
-    ratio = statistics.median(a / b for a, b in zip(samples["optax"], samples["identity"]))
+    runners = {"optax": JAX_CONTENDERS["optax"].step_runner("adam", params, grads),
+               "identity": run_identity}
+    samples = timing.interleaved(runners, repeats, 0.2, 5)
+    ratio = timing.paired_ratio(samples["optax"], samples["identity"])
     print(f"{leaves} leaves x {size}: optax Adam {statistics.median(samples['optax']) * 1e3:.2f} "
           f"ms, identity(params, grads) {statistics.median(samples['identity']) * 1e3:.2f} ms; "
           f"optax / identity {ratio:.2f} (the most any plain-tree step can gain)")

@@ -73,8 +73,7 @@ def steps_table(repeats: int, min_time: float) -> None:
                                                  optimizers.adam(1e-3)), size, count)}
         samples = timing.interleaved(runners, repeats, min_time, 5)
         ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-        ratio = {k: statistics.median(a / b for a, b in zip(samples[k], samples["adam"]))
-                 for k in ("skip", "clip")}
+        ratio = {k: timing.paired_ratio(samples[k], samples["adam"]) for k in ("skip", "clip")}
         print(f"| {case} | {ms['adam']:.2f} | {ms['skip']:.2f} | {ms['clip']:.2f} | "
               f"{ratio['skip']:.2f} | {ratio['clip']:.2f} |")
 
@@ -97,7 +96,7 @@ def main() -> None:
             assert abs(float(got[0]) - want) <= 1e-5 * want and float(got[1]) == 0.0, got
         samples = timing.interleaved({"kernel": runner(kernel, leaves), "xla": runner(xla, leaves)},
                                      args.repeats, args.min_time, 5)
-        ratio = statistics.median(a / b for a, b in zip(samples["kernel"], samples["xla"]))
+        ratio = timing.paired_ratio(samples["kernel"], samples["xla"])
         print(f"| {case} | {statistics.median(samples['kernel']) * 1e3:.2f} | "
               f"{statistics.median(samples['xla']) * 1e3:.2f} | {ratio:.2f} |")
     steps_table(args.repeats, args.min_time)

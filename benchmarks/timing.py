@@ -99,6 +99,12 @@ def median(xs: Iterable[float]) -> float:
     return min(xs) if STATISTIC == "min" else statistics.median(xs)
 
 
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """The median of the per-repeat ratios a[i] / b[i] (samples of the same interleaved
+    repeat, so a slow phase of the machine cancels out)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def spread(xs: Sequence[float]) -> float:
     """(max − min) / median of the samples: a crude noise figure."""
     return (max(xs) - min(xs)) / statistics.median(xs) if len(xs) > 1 else 0.0
@@ -128,7 +134,7 @@ class Row:
         cancels out), else the ratio of the reported values."""
         a, b = self.samples.get(contender), self.samples.get(baseline)
         if a and b and len(a) == len(b):
-            return statistics.median(x / y for x, y in zip(a, b))
+            return paired_ratio(a, b)
         return self.values[contender] / self.values[baseline]
 
 
